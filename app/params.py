@@ -1,0 +1,62 @@
+"""Checking what the user asked for, with messages a person can act on."""
+
+from dataclasses import asdict, dataclass
+
+from .seeds import MAX_SEED
+
+MIN_STEPS, MAX_STEPS = 1, 4
+
+
+class InputError(ValueError):
+    """A request the app refuses; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    seed: int
+    steps: int
+    height: int
+    width: int
+    model: str
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def _integer(value, what):
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit():
+        raise InputError(f"{what} must be a whole number, not {text!r}.")
+    return int(text)
+
+
+def parse_resolution(value) -> tuple[int, int]:
+    """'64x96' (height x width), or a [height, width] pair."""
+    try:
+        h, w = (value.lower().split("x") if isinstance(value, str) else value)
+        return int(h), int(w)
+    except (ValueError, TypeError, AttributeError):
+        raise InputError(f"Resolution must look like 512x512, not {value!r}.") from None
+
+
+def parse_request(raw: dict, models: dict) -> Request:
+    """A checked Request from the page's raw fields; `models` maps model id -> manifest entry."""
+    model = str(raw.get("model") or "")
+    if model not in models:
+        raise InputError(f"Unknown model {model!r}. Choose one from the Model list.")
+    prompt = str(raw.get("prompt") or "").strip()
+    if not prompt:
+        raise InputError("Please enter a prompt describing the image you want.")
+    seed = _integer(raw.get("seed", ""), "Seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"Seed must be between 0 and {MAX_SEED}.")
+    steps = _integer(raw.get("steps", ""), "Steps")
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise InputError(f"Steps must be between {MIN_STEPS} and {MAX_STEPS} (SDXL-Turbo needs only a few).")
+    height, width = parse_resolution(raw.get("resolution", ""))
+    allowed = [tuple(r) for r in models[model]["resolutions"]]
+    if (height, width) not in allowed:
+        choices = ", ".join(f"{h}x{w}" for h, w in allowed)
+        raise InputError(f"{models[model]['name']} cannot make {height}x{width} images. Choose one of: {choices}.")
+    return Request(prompt, seed, steps, height, width, model)

@@ -1,0 +1,81 @@
+"""Runtime in Pyodide: onnxruntime-web sessions over a bundle at a URL.
+
+Model bytes go from `fetch` straight into ORT as a JS ArrayBuffer; they never enter
+Pyodide's heap. `ort` and `hf_tokenizers` are JS modules registered by the worker.
+"""
+
+import json
+
+import hf_tokenizers
+import numpy as np
+import ort
+from js import JSON, BigInt64Array, Float32Array, Int32Array, Object, Uint8Array, fetch
+from pyodide.ffi import to_js
+
+from .runtime import input_spec
+
+_ARRAYS = {np.dtype(np.float32): ("float32", Float32Array), np.dtype(np.int64): ("int64", BigInt64Array),
+           np.dtype(np.int32): ("int32", Int32Array)}
+
+
+def _js(obj):
+    return to_js(obj, dict_converter=Object.fromEntries)
+
+
+def to_tensor(arr: np.ndarray):
+    name, typed = _ARRAYS[arr.dtype]
+    data = typed.new(arr.size)
+    data.assign(np.ascontiguousarray(arr))
+    return ort.Tensor.new(name, data, _js(list(arr.shape)))
+
+
+def from_tensor(tensor) -> np.ndarray:
+    dtype = input_spec(tensor.type, None).dtype
+    arr = np.frombuffer(tensor.data.to_bytes(), dtype=dtype).reshape(tensor.dims.to_py())
+    tensor.dispose()
+    return arr
+
+
+async def fetch_ok(url):
+    response = await fetch(url)
+    if not response.ok:
+        raise OSError(f"could not download {url} (HTTP {response.status})")
+    return response
+
+
+class WebSession:
+    def __init__(self, session):
+        self._session = session
+        self.inputs = {m.name: input_spec(m.type, m.shape.to_py()) for m in session.inputMetadata}
+        self.output_names = list(session.outputNames.to_py())
+
+    async def run(self, feeds, output_names):
+        results = await self._session.run(_js({k: to_tensor(v) for k, v in feeds.items()}), _js(output_names))
+        return {name: from_tensor(getattr(results, name)) for name in output_names}
+
+
+class WebRuntime:
+    def __init__(self, base_url, execution_provider="webgpu"):
+        self.base_url = base_url
+        self.name = f"onnxruntime-web/{execution_provider}"
+        self.execution_provider = execution_provider
+        self._sessions = []
+
+    async def read_json(self, path):
+        return json.loads(await (await fetch_ok(self.base_url + path)).text())
+
+    async def tokenizer(self, tokenizer_json):
+        tok = hf_tokenizers.Tokenizer.new(JSON.parse(json.dumps(tokenizer_json)), Object.new())
+        return lambda text: tok.encode(text).ids.to_py()
+
+    async def session(self, path):
+        data = await (await fetch_ok(self.base_url + path)).arrayBuffer()
+        options = _js({"executionProviders": [self.execution_provider], "graphOptimizationLevel": "all"})
+        s = WebSession(await ort.InferenceSession.create(Uint8Array.new(data), options))
+        self._sessions.append(s)
+        return s
+
+    def release(self):
+        for s in self._sessions:
+            s._session.release()
+        self._sessions.clear()

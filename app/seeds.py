@@ -1,0 +1,17 @@
+"""What a seed means, identically on every runtime.
+
+rng = numpy Generator(PCG64(seed)); the initial latents are its first
+`standard_normal(shape, float32)` draw, then one draw of the same shape per
+denoising step gives that step's ancestral noise. Nothing else draws from it.
+"""
+
+import numpy as np
+
+MAX_SEED = 2**32 - 1
+
+
+def seeded_noise(seed: int, shape: tuple, steps: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    latents = rng.standard_normal(shape, dtype=np.float32)
+    noises = [rng.standard_normal(shape, dtype=np.float32) for _ in range(steps)]
+    return latents, noises

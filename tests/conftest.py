@@ -1,0 +1,100 @@
+"""Shared fixtures: the tiny model bundle and its references, one served app, one warmed browser page."""
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "models" / "tiny-sdxl-turbo"
+REFERENCE = BUNDLE / "reference"
+SITE = ROOT / "build" / "site"
+
+# Headless Chromium with WebGPU on SwiftShader, quiet on a closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu-sandbox", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader", "--use-angle=swiftshader",
+]
+BOOT_TIMEOUT_MS = 120_000
+RUN_TIMEOUT_MS = 600_000
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def manifest_entry():
+    return json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def cases():
+    return json.loads((REFERENCE / "cases.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def reference():
+    with np.load(REFERENCE / "reference.npz") as data:
+        return dict(data)
+
+
+@pytest.fixture(scope="session")
+def cpu_pipeline(manifest_entry):
+    """The same pipeline code on CPython + onnxruntime (the parity baseline)."""
+    from app.pipeline import SDXLTurbo
+    from app.runtime_ort import OrtRuntime
+
+    return run(SDXLTurbo.load(OrtRuntime(BUNDLE), manifest_entry))
+
+
+# --- browser side -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": "/usr/bin/chromium", "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def server():
+    import serve
+
+    if not (SITE / "index.html").exists():
+        pytest.fail("build/site is missing: run `python build.py` (tests/run.sh does)")
+    httpd = serve.make_server(SITE, ROOT / "models", "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app(browser, server):
+    """One page, booted once and shared: Pyodide boot and model load happen a single time.
+
+    Every request is recorded; anything not addressed to the local server is aborted.
+    """
+    context = browser.new_context(accept_downloads=True)
+    requests = []
+
+    def route(r):
+        requests.append(r.request.url)
+        if r.request.url.startswith(server) or r.request.url.startswith(("blob:", "data:")):
+            r.continue_()
+        else:
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.console_messages = []
+    page.on("console", lambda m: page.console_messages.append(m.text))
+    page.goto(server)
+    page.get_by_role("status").filter(has_text="Ready").wait_for(timeout=BOOT_TIMEOUT_MS)
+    page.requests = requests
+    page.server = server
+    yield page
+    context.close()

@@ -1,0 +1,40 @@
+"""The pipeline on CPython reproduces diffusers' StableDiffusionXLPipeline (recorded references)."""
+
+import numpy as np
+
+from app.pipeline import SDXLTurbo, to_uint8
+from conftest import run
+
+TOLERANCE = 1e-4  # fp32; wiring mistakes move the image by 1e-3 or more
+
+
+def test_every_recorded_case_matches_diffusers(cpu_pipeline, cases, reference):
+    assert len(cases["cases"]) >= 6
+    for case in cases["cases"]:
+        image = run(cpu_pipeline.generate(case["prompt"], case["seed"], case["steps"], case["height"], case["width"]))
+        expected = reference[f"{case['key']}_image"]
+        assert image.shape == expected.shape
+        diff = np.abs(image - expected).max()
+        assert diff <= TOLERANCE, f"{case['key']}: max |diff| {diff:.2e}"
+
+
+def test_prompt_embeddings_match_diffusers(cpu_pipeline, cases, reference):
+    case = cases["cases"][0]
+    embeds, pooled = run(cpu_pipeline.encode_prompt(case["prompt"]))
+    np.testing.assert_allclose(embeds[0], reference[f"{case['key']}_prompt_embeds"], atol=1e-5)
+    np.testing.assert_allclose(pooled[0], reference[f"{case['key']}_pooled"], atol=1e-5)
+
+
+def test_seed_prompt_and_steps_each_change_the_image(cpu_pipeline):
+    def make(prompt="a photo of a cat", seed=1, steps=2):
+        return to_uint8(run(cpu_pipeline.generate(prompt, seed, steps, 64, 64)))
+
+    base = make()
+    assert np.array_equal(base, make())
+    assert not np.array_equal(base, make(seed=2))
+    assert not np.array_equal(base, make(prompt="a red bicycle"))
+    assert not np.array_equal(base, make(steps=3))
+
+
+def test_time_ids_follow_sdxl_layout():
+    np.testing.assert_array_equal(SDXLTurbo.time_ids(64, 96), [[64, 96, 0, 0, 64, 96]])
