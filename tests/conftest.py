@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny model bundle and its references, one served app, one warmed browser page."""
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 from pathlib import Path
@@ -24,7 +25,9 @@ RUN_TIMEOUT_MS = 600_000
 
 
 def run(coro):
-    return asyncio.run(coro)
+    """Run a coroutine to the end, also from tests where Playwright's own event loop is running."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="session")
