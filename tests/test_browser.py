@@ -43,14 +43,13 @@ def test_page_boots_offline_on_webgpu(app):
     assert app.requests, "no request was recorded"
     foreign = [u for u in app.requests if not u.startswith((app.server, "blob:", "data:"))]
     assert foreign == []
+    assert any(u.endswith("pyodide.asm.wasm") for u in app.requests)  # the worker's requests are seen too
     expect(app.get_by_label("Model")).to_have_value("tiny-sdxl-turbo")
     expect(app.get_by_role("progressbar")).to_be_visible()
 
 
 def test_generated_png_matches_cpython_pipeline_and_carries_metadata(app, cpu_pipeline, manifest_entry):
     fill(app)
-    stages = []
-    app.on("console", lambda m: None)
     app.evaluate("""() => {
         window.__stages = [];
         new MutationObserver(() => window.__stages.push(document.getElementById('status').textContent))
@@ -75,6 +74,19 @@ def test_generated_png_matches_cpython_pipeline_and_carries_metadata(app, cpu_pi
     assert diff.max() <= PIXEL_TOLERANCE
     alt = app.get_by_role("img", name=re.compile("^Generated image")).get_attribute("alt")
     assert alt == f"Generated image: {PROMPT}"
+
+
+def test_browser_tokenizer_and_pipeline_agree_with_cpython_on_hard_prompts(app, cpu_pipeline):
+    """Unicode, emoji, markup and a prompt far past 77 tokens go through @huggingface/tokenizers in
+    the browser and HF tokenizers on CPython: the images agree only if the token ids do."""
+    for prompt in ["Ünïcödé café 東京 🐱🚀 <b>bold</b> & \"quotes\"!?", " ".join(["a very long prompt"] * 40)]:
+        fill(app, prompt=prompt, seed="3", steps="1")
+        _, png = generate_and_download(app)
+        img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+        expected = to_uint8(run(cpu_pipeline.generate(prompt, 3, 1, 64, 64))).astype(int)
+        assert np.abs(img - expected).max() <= PIXEL_TOLERANCE, prompt
+    foreign = [u for u in app.requests if not u.startswith((app.server, "blob:", "data:"))]
+    assert foreign == [] and any(u.endswith("unet/model.onnx") for u in app.requests)
 
 
 def test_same_seed_twice_gives_identical_png_bytes(app):
