@@ -85,7 +85,8 @@ class SDXLTurbo:
         # original size, crop top-left, target size: no crop, no resize.
         return np.array([[height, width, 0, 0, height, width]], dtype=np.float32)
 
-    async def denoise(self, latents, noises, prompt_embeds, pooled, time_ids, schedule, callback=None):
+    async def denoise(self, x, noises, prompt_embeds, pooled, time_ids, schedule, callback=None, start=0):
+        """Steps `start`.. of the schedule from `x`: fresh latents (start 0) or a checkpoint."""
         feeds = {
             "encoder_hidden_states": self.unet.inputs["encoder_hidden_states"].coerce(prompt_embeds),
             "text_embeds": self.unet.inputs["text_embeds"].coerce(pooled),
@@ -93,17 +94,22 @@ class SDXLTurbo:
         }
 
         async def model(x, i):
-            sigma = float(schedule.sigmas[i])
+            sigma = float(schedule.sigmas[start + i])
             step_feeds = dict(
                 feeds,
                 sample=self.unet.inputs["sample"].coerce(scale_model_input(x, sigma)),
-                timestep=self.unet.inputs["timestep"].coerce(schedule.timesteps[i]),
+                timestep=self.unet.inputs["timestep"].coerce(schedule.timesteps[start + i]),
             )
             eps = (await self.unet.run(step_feeds, ["out_sample"]))["out_sample"]
             return x - np.float32(sigma) * eps
 
-        x = latents * np.float32(schedule.init_noise_sigma)
-        return await sample_euler_ancestral(model, x, schedule.sigmas, noises, callback)
+        async def on_step(i, x, denoised):
+            if callback is not None:
+                await callback(start + i, x, denoised)
+
+        if start == 0:
+            x = x * np.float32(schedule.init_noise_sigma)
+        return await sample_euler_ancestral(model, x, schedule.sigmas[start:], noises[start:], on_step)
 
     async def decode(self, latents):
         """Float image [H, W, 3] in [0, 1]."""
@@ -111,8 +117,12 @@ class SDXLTurbo:
         sample = (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"]
         return np.clip(sample[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
 
-    async def generate(self, prompt, seed, steps, height, width, on_stage=None, on_step=None):
-        """The whole text-to-image run; returns the float image [H, W, 3] in [0, 1]."""
+    async def generate(self, prompt, seed, steps, height, width, on_stage=None, on_step=None, resume=None):
+        """The whole text-to-image run; returns the float image [H, W, 3] in [0, 1].
+
+        `on_step(i, x, denoised)` sees the latents after each step i; `resume=(steps_done, x)`
+        continues a run from such a checkpoint and gives the same image as an unbroken run.
+        """
 
         async def stage(name):
             if on_stage is not None:
@@ -121,10 +131,13 @@ class SDXLTurbo:
         await stage("encode prompt")
         prompt_embeds, pooled = await self.encode_prompt(prompt)
         latents, noises = self.prepare_latents(seed, height, width, steps)
+        start = 0
+        if resume is not None:
+            start, latents = resume
         schedule = make_schedule(steps, self.schedule_config)
         await stage("denoise")
         latents = await self.denoise(
-            latents, noises, prompt_embeds, pooled, self.time_ids(height, width), schedule, on_step
+            latents, noises, prompt_embeds, pooled, self.time_ids(height, width), schedule, on_step, start
         )
         await stage("decode")
         return await self.decode(latents)

@@ -38,3 +38,16 @@ def test_seed_prompt_and_steps_each_change_the_image(cpu_pipeline):
 
 def test_time_ids_follow_sdxl_layout():
     np.testing.assert_array_equal(SDXLTurbo.time_ids(64, 96), [[64, 96, 0, 0, 64, 96]])
+
+
+def test_resuming_from_any_step_checkpoint_gives_the_same_image(cpu_pipeline):
+    checkpoints = []
+
+    async def keep(i, x, denoised):
+        checkpoints.append((i + 1, x.copy()))
+
+    full = run(cpu_pipeline.generate("a photo of a cat", 11, 4, 64, 64, on_step=keep))
+    assert [c[0] for c in checkpoints] == [1, 2, 3, 4]
+    for done, x in checkpoints[:3]:
+        resumed = run(cpu_pipeline.generate("a photo of a cat", 11, 4, 64, 64, resume=(done, x)))
+        assert np.array_equal(resumed, full), done

@@ -1,0 +1,28 @@
+"""A few-second device bench: median time of one UNet step at the model's smallest size.
+
+Runs on whatever runtime the pipeline was loaded with, after one untimed warm-up step (shader
+compilation and buffer allocation would otherwise dominate).
+"""
+
+import statistics
+import time
+
+from .device import assign_tier
+from .scheduler import make_schedule
+
+
+async def bench(pipe, runs: int = 3) -> dict:
+    height, width = min((tuple(r) for r in pipe.entry["resolutions"]), key=lambda r: r[0] * r[1])
+    embeds, pooled = await pipe.encode_prompt("benchmark")
+    latents, noises = pipe.prepare_latents(0, height, width, 1)
+    schedule = make_schedule(1, pipe.schedule_config)
+    time_ids = pipe.time_ids(height, width)
+    times = []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        await pipe.denoise(latents, noises, embeds, pooled, time_ids, schedule)
+        if i:  # the first run is the warm-up
+            times.append((time.perf_counter() - t0) * 1000)
+    step_ms = statistics.median(times)
+    return {"step_ms": round(step_ms, 1), "runs_ms": [round(t, 1) for t in times], "tier": assign_tier(step_ms),
+            "size": f"{height}x{width}", "model": pipe.entry["id"]}

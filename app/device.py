@@ -1,0 +1,87 @@
+"""What this device can do, and what to do when it can't: tiers, model fit, fault kinds.
+
+Pure functions of plain data (capabilities as reported by the worker, timings, manifest
+entries), so they are tested on CPython with made-up devices.
+"""
+
+from dataclasses import dataclass
+
+# Tier thresholds on the bench's median UNet step time (bench.py), in ms. The bench model is
+# tiny, so its step time is dominated by per-kernel dispatch cost: discrete GPUs do it in a few
+# ms, integrated GPUs in tens of ms, software rasterisers (SwiftShader) and the wasm CPU back end
+# in hundreds.
+FAST_MAX_MS = 25.0
+MEDIUM_MAX_MS = 120.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    tier: str
+    side: int  # target image side in pixels for a 1024-native model
+    steps: int  # final-image steps
+    preview_every: int  # steps between previews; 0 = no previews
+
+
+PRESETS = {
+    "fast": Preset("fast", 1024, 4, 1),
+    "medium": Preset("medium", 768, 2, 2),
+    "slow": Preset("slow", 512, 1, 0),
+}
+TIER_ORDER = ["fast", "medium", "slow"]
+
+
+def assign_tier(step_ms: float) -> str:
+    if step_ms <= FAST_MAX_MS:
+        return "fast"
+    if step_ms <= MEDIUM_MAX_MS:
+        return "medium"
+    return "slow"
+
+
+def default_resolution(entry: dict, tier: str) -> tuple[int, int]:
+    """The model's resolution for a tier: its own per-tier choice, else the largest listed
+    resolution whose longer side fits the tier's target, else the smallest listed."""
+    own = entry.get("tier_resolutions", {}).get(tier)
+    if own:
+        return tuple(own)
+    by_area = sorted((tuple(r) for r in entry["resolutions"]), key=lambda r: r[0] * r[1])
+    fitting = [r for r in by_area if max(r) <= PRESETS[tier].side]
+    return fitting[-1] if fitting else by_area[0]
+
+
+def lower_resolution(entry: dict, height: int, width: int) -> tuple[int, int] | None:
+    """The next smaller listed resolution (by pixel count), or None at the smallest."""
+    smaller = sorted((tuple(r) for r in entry["resolutions"] if r[0] * r[1] < height * width),
+                     key=lambda r: r[0] * r[1])
+    return smaller[-1] if smaller else None
+
+
+def unsuitable(entry: dict, caps: dict) -> str | None:
+    """Why this model cannot run here (in plain words), or None if it can."""
+    needs = entry.get("requires", {})
+    if caps.get("backend") != "webgpu" and needs.get("webgpu", True):
+        return (f"{entry['name']} needs WebGPU, which this browser does not offer here; "
+                "only small models can run on the CPU.")
+    if needs.get("shader_f16") and not caps.get("shader_f16"):
+        return (f"{entry['name']} uses 16-bit GPU shaders (shader-f16), which this GPU does not support. "
+                "Choose its fp32 variant.")
+    limit = caps.get("max_buffer_size")
+    if limit and needs.get("max_buffer_bytes", 0) > limit:
+        return (f"{entry['name']} needs GPU buffers of {needs['max_buffer_bytes'] / 2**20:.0f} MiB, "
+                f"more than this GPU allows ({limit / 2**20:.0f} MiB).")
+    return None
+
+
+_LOST = ("device lost", "device was lost", "devicelost", "device is lost", "destroyed", "gpudevicelost")
+_OOM = ("out of memory", "outofmemory", "failed to allocate", "allocation failed", "memoryerror",
+        "array buffer allocation", "bad_alloc", "oom")
+
+
+def fault_kind(message: str) -> str | None:
+    """'device-lost', 'oom', or None for an error that is neither."""
+    text = message.lower()
+    if any(k in text for k in _LOST):
+        return "device-lost"
+    if any(k in text for k in _OOM):
+        return "oom"
+    return None

@@ -1,0 +1,62 @@
+"""Tiers, model fit and fault kinds, with made-up devices and timings."""
+
+import pytest
+
+from app.bench import bench
+from app.device import (FAST_MAX_MS, MEDIUM_MAX_MS, assign_tier, default_resolution, fault_kind,
+                        lower_resolution, unsuitable)
+from conftest import run
+
+SDXL = {"name": "SDXL-Turbo", "resolutions": [[512, 512], [768, 768], [1024, 1024], [512, 768]],
+        "requires": {"webgpu": True, "max_buffer_bytes": 1_200_000_000}}
+TINY = {"name": "Tiny", "resolutions": [[64, 64], [64, 96], [128, 128]], "requires": {"webgpu": False},
+        "tier_resolutions": {"fast": [128, 128], "medium": [64, 96], "slow": [64, 64]}}
+GPU = {"backend": "webgpu", "shader_f16": False, "max_buffer_size": 4 * 2**30}
+
+
+@pytest.mark.parametrize("ms, tier", [
+    (0.5, "fast"), (FAST_MAX_MS, "fast"), (FAST_MAX_MS + 0.1, "medium"),
+    (MEDIUM_MAX_MS, "medium"), (MEDIUM_MAX_MS + 0.1, "slow"), (5000, "slow"),
+])
+def test_tier_boundaries(ms, tier):
+    assert assign_tier(ms) == tier
+
+
+@pytest.mark.parametrize("tier, resolution", [("fast", (1024, 1024)), ("medium", (768, 768)), ("slow", (512, 512))])
+def test_tier_sets_the_default_resolution(tier, resolution):
+    assert default_resolution(SDXL, tier) == resolution
+    assert default_resolution(TINY, tier) == tuple(TINY["tier_resolutions"][tier])
+
+
+def test_lower_resolution_steps_down_until_the_smallest():
+    assert lower_resolution(SDXL, 1024, 1024) == (768, 768)
+    assert lower_resolution(SDXL, 512, 768) == (512, 512)
+    assert lower_resolution(SDXL, 512, 512) is None
+
+
+def test_model_fit_is_explained_before_download():
+    assert unsuitable(SDXL, GPU) is None
+    assert "needs WebGPU" in unsuitable(SDXL, {"backend": "wasm"})
+    assert unsuitable(TINY, {"backend": "wasm"}) is None
+    f16 = dict(SDXL, requires={"webgpu": True, "shader_f16": True})
+    assert "shader-f16" in unsuitable(f16, GPU)
+    assert unsuitable(f16, dict(GPU, shader_f16=True)) is None
+    assert "more than this GPU allows" in unsuitable(SDXL, dict(GPU, max_buffer_size=2**30))
+
+
+@pytest.mark.parametrize("message, kind", [
+    ("Device lost: destroyed", "device-lost"),
+    ("GPUDevice was lost (reason: unknown)", "device-lost"),
+    ("Out of memory", "oom"),
+    ("RangeError: Array buffer allocation failed", "oom"),
+    ("Failed to allocate a buffer of size 123", "oom"),
+    ("Invalid input name: foo", None),
+])
+def test_fault_kinds(message, kind):
+    assert fault_kind(message) == kind
+
+
+def test_bench_measures_the_loaded_model(cpu_pipeline):
+    result = run(bench(cpu_pipeline, runs=2))
+    assert len(result["runs_ms"]) == 2 and result["step_ms"] > 0
+    assert result["tier"] == assign_tier(result["step_ms"]) and result["size"] == "64x64"
