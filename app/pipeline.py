@@ -76,9 +76,11 @@ class SDXLTurbo:
             raise ValueError("the second text encoder exports no text_embeds")
         return np.concatenate(hidden, axis=-1).astype(np.float32), pooled.astype(np.float32)
 
+    def latent_shape(self, height, width):
+        return (1, LATENT_CHANNELS, height // self.vae_scale_factor, width // self.vae_scale_factor)
+
     def prepare_latents(self, seed, height, width, steps):
-        shape = (1, LATENT_CHANNELS, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        return seeded_noise(seed, shape, steps)
+        return seeded_noise(seed, self.latent_shape(height, width), steps)
 
     @staticmethod
     def time_ids(height, width):

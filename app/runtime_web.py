@@ -4,13 +4,14 @@ Model bytes go from `fetch` straight into ORT as a JS ArrayBuffer; they never en
 Pyodide's heap. `ort` and `hf_tokenizers` are JS modules registered by the worker.
 """
 
+import asyncio
 import json
 
 import hf_tokenizers
 import numpy as np
 import ort
 from js import JSON, BigInt64Array, Float32Array, Int32Array, Object, Uint8Array, fetch
-from pyodide.ffi import to_js
+from pyodide.ffi import create_once_callable, create_proxy, to_js
 
 from .runtime import input_spec
 
@@ -43,14 +44,30 @@ async def fetch_ok(url):
     return response
 
 
+class DeviceLost(RuntimeError):
+    pass
+
+
+class GpuOutOfMemory(MemoryError):
+    pass
+
+
 class WebSession:
-    def __init__(self, session):
+    def __init__(self, session, fault):
         self._session = session
+        self._fault = fault
         self.inputs = {m.name: input_spec(m.type, m.shape.to_py()) for m in session.inputMetadata}
         self.output_names = list(session.outputNames.to_py())
 
     async def run(self, feeds, output_names):
-        results = await self._session.run(_js({k: to_tensor(v) for k, v in feeds.items()}), _js(output_names))
+        # A lost or exhausted device can leave ORT's promise pending forever: race it against faults.
+        running = asyncio.ensure_future(self._session.run(_js({k: to_tensor(v) for k, v in feeds.items()}),
+                                                          _js(output_names)))
+        await asyncio.wait([running, self._fault], return_when=asyncio.FIRST_COMPLETED)
+        if self._fault.done():
+            running.add_done_callback(lambda f: f.cancelled() or f.exception())  # outcome no longer matters
+            raise self._fault.result()
+        results = running.result()
         return {name: from_tensor(getattr(results, name)) for name in output_names}
 
 
@@ -60,6 +77,35 @@ class WebRuntime:
         self.name = f"onnxruntime-web/{execution_provider}"
         self.execution_provider = execution_provider
         self._sessions = []
+        self._watched = False
+        # Resolves with DeviceLost or GpuOutOfMemory when the GPU fails under a run.
+        self.fault = asyncio.get_event_loop().create_future()
+
+    def _fail(self, error):
+        if not self.fault.done():
+            self.fault.set_result(error)
+
+    def _watch_device(self):
+        """ORT creates its GPUDevice with the first WebGPU session; from then on, watch it.
+
+        An allocation the driver cannot back surfaces as a GPUOutOfMemoryError; outside an error
+        scope it arrives as the device's uncapturederror event. Loss arrives through `device.lost`.
+        """
+        device = ort.env.webgpu.device if self.execution_provider == "webgpu" else None
+        if device is None or self._watched:
+            return
+        self._watched = True
+
+        def on_lost(info):
+            self._fail(DeviceLost(f"GPU device lost ({info.reason}): {info.message}"))
+
+        def on_error(event):
+            if event.error.constructor.name == "GPUOutOfMemoryError":
+                self._fail(GpuOutOfMemory(f"GPU out of memory: {event.error.message}"))
+
+        device.lost.then(create_once_callable(on_lost))
+        self._error_listener = create_proxy(on_error)
+        device.addEventListener("uncapturederror", self._error_listener)
 
     async def read_json(self, path):
         return json.loads(await (await fetch_ok(self.base_url + path)).text())
@@ -71,7 +117,8 @@ class WebRuntime:
     async def session(self, path):
         data = await (await fetch_ok(self.base_url + path)).arrayBuffer()
         options = _js({"executionProviders": [self.execution_provider], "graphOptimizationLevel": "all"})
-        s = WebSession(await ort.InferenceSession.create(Uint8Array.new(data), options))
+        s = WebSession(await ort.InferenceSession.create(Uint8Array.new(data), options), self.fault)
+        self._watch_device()
         self._sessions.append(s)
         return s
 

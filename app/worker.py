@@ -1,14 +1,20 @@
 """The worker's side of the page <-> worker protocol (Python in Pyodide, in a Web Worker).
 
-Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model}}
-                 {type: "cancel", id}
-Worker -> page:  {type: "ready", models, backend, version}
-                 {type: "queued", id, position}
+Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model},
+                  resume?: {step, latents (Float32Array)}}
+                 {type: "cancel", id}      {type: "bench", id}
+Worker -> page:  {type: "ready", models, capabilities, version}
+                 {type: "queued", id, ahead}
                  {type: "progress", id, stage, step, steps, fraction}
+                 {type: "checkpoint", id, step, latents (Float32Array, transferred)}
                  {type: "result", id, bitmap (ImageBitmap, transferred), backend}
                  {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
-                 {type: "cancelled", id}   {type: "error", id, message, kind: "input" | "run"}
-One lock serialises GPU work: a second generate waits its turn; cancel works queued or running.
+                 {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
+                 {type: "cancelled", id}
+                 {type: "error", id, message, kind: "input" | "run" | "device-lost" | "oom", retry?}
+One lock serialises GPU work: a second request waits its turn; cancel works queued or running.
+After a "device-lost" or "oom" error the page replaces this worker (a fresh GPU device, nothing
+left allocated) and resumes from the last checkpoint or retries as offered.
 """
 
 import asyncio
@@ -21,11 +27,13 @@ import numpy as np
 from pyodide.ffi import to_js
 
 from . import __version__
+from .bench import bench
+from .device import PRESETS, default_resolution, fault_kind, lower_resolution, unsuitable
 from .manifest import bundle_sha256, models_by_id
 from .params import InputError, parse_request
 from .pipeline import SDXLTurbo, to_uint8
 from .png import encode_png
-from .runtime_web import WebRuntime, fetch_ok
+from .runtime_web import DeviceLost, GpuOutOfMemory, WebRuntime, fetch_ok
 
 # Share of the progress bar given to each stage; denoise is split evenly between its steps.
 STAGES = {"load": (0.0, 0.25), "encode prompt": (0.25, 0.3), "denoise": (0.3, 0.9), "decode": (0.9, 1.0)}
@@ -44,6 +52,12 @@ def post(message: dict, transfer=()):
     js.postMessage(to_js(message, dict_converter=js.Object.fromEntries), to_js(list(transfer)))
 
 
+def float32_array(arr: np.ndarray):
+    out = js.Float32Array.new(arr.size)
+    out.assign(np.ascontiguousarray(arr, dtype=np.float32))
+    return out
+
+
 async def image_bitmap(rgb: np.ndarray):
     h, w, _ = rgb.shape
     rgba = np.concatenate([rgb, np.full((h, w, 1), 255, np.uint8)], axis=2)
@@ -56,18 +70,34 @@ def filename(model_id: str, seed: int) -> str:
     return f"{model_id}_{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}_{seed}.png"
 
 
-async def pick_backend() -> str:
-    """WebGPU when the browser gives an adapter, else onnxruntime-web's wasm (CPU) back end."""
+async def capabilities() -> dict:
+    """What the browser offers: WebGPU or not, the adapter, shader-f16 and the buffer limits."""
+    caps = {"webgpu": False, "adapter": False, "backend": "wasm"}
     gpu = getattr(js.navigator, "gpu", None)
     if gpu is None:
-        return "wasm"
-    return "webgpu" if await gpu.requestAdapter() is not None else "wasm"
+        caps["reason"] = "This browser does not offer WebGPU."
+        return caps
+    caps["webgpu"] = True
+    adapter = await gpu.requestAdapter()
+    if adapter is None:
+        caps["reason"] = "WebGPU is present but no GPU adapter was given (it may be disabled or blocklisted)."
+        return caps
+    info = adapter.info
+    caps.update(
+        adapter=True, backend="webgpu",
+        vendor=info.vendor, architecture=info.architecture, description=info.description,
+        fallback_adapter=bool(getattr(info, "isFallbackAdapter", False) or getattr(adapter, "isFallbackAdapter", False)),
+        shader_f16=bool(adapter.features.has("shader-f16")),
+        max_buffer_size=int(adapter.limits.maxBufferSize),
+        max_storage_buffer_binding_size=int(adapter.limits.maxStorageBufferBindingSize),
+    )
+    return caps
 
 
 class Worker:
-    def __init__(self, manifest: dict, backend: str):
+    def __init__(self, manifest: dict, caps: dict):
         self.models = models_by_id(manifest)
-        self.backend = backend
+        self.caps = caps
         self.loaded = None  # (model id, SDXLTurbo): one model at a time
         self.lock = asyncio.Lock()
         self.cancelled = set()
@@ -75,44 +105,77 @@ class Worker:
 
     def handle(self, message):
         msg = message.to_py()
-        if msg.get("type") == "generate":
-            asyncio.ensure_future(self.generate(msg["id"], msg.get("params") or {}))
-        elif msg.get("type") == "cancel":
+        kind = msg.get("type")
+        if kind == "generate":
+            asyncio.ensure_future(self.job(msg["id"], self.generate, msg.get("params") or {}, msg.get("resume")))
+        elif kind == "bench":
+            asyncio.ensure_future(self.job(msg["id"], self.bench))
+        elif kind == "cancel":
             self.cancelled.add(msg["id"])
 
     async def pipeline(self, model_id, on_stage):
         if self.loaded and self.loaded[0] == model_id:
             return self.loaded[1]
-        if self.loaded:
+        if self.loaded:  # release the previous model's sessions and GPU buffers first
             self.loaded[1].release()
             self.loaded = None
         entry = self.models[model_id]
-        runtime = WebRuntime(js.URL.new(entry["base_url"], js.location.href).href, self.backend)
+        runtime = WebRuntime(js.URL.new(entry["base_url"], js.location.href).href, self.caps["backend"])
         self.loaded = (model_id, await SDXLTurbo.load(runtime, entry, on_stage))
         return self.loaded[1]
 
-    async def generate(self, job_id, raw):
-        try:
-            request = parse_request(raw, self.models)
-        except InputError as e:
-            post({"type": "error", "id": job_id, "message": str(e), "kind": "input"})
-            return
+    async def job(self, job_id, work, *args):
+        """Run one request in turn; every failure becomes a message and leaves the worker usable."""
         self.waiting.append(job_id)
         if self.lock.locked():
-            post({"type": "queued", "id": job_id, "position": len(self.waiting) - 1})
+            post({"type": "queued", "id": job_id, "ahead": len(self.waiting)})  # the running job + those waiting
         try:
             async with self.lock:
                 self.waiting.remove(job_id)
-                await self.run(job_id, request)
+                if job_id in self.cancelled:
+                    raise Cancelled()
+                await work(job_id, *args)
         except Cancelled:
             post({"type": "cancelled", "id": job_id})
-        except Exception as e:  # a failed run must leave the worker ready for the next one
+        except InputError as e:
+            post({"type": "error", "id": job_id, "message": str(e), "kind": "input"})
+        except Exception as e:
             traceback.print_exc()
-            post({"type": "error", "id": job_id, "message": f"Generation failed: {e}", "kind": "run"})
+            self.report_failure(job_id, e, args[0] if args else None)
         finally:
             self.cancelled.discard(job_id)
 
-    async def run(self, job_id, request):
+    def report_failure(self, job_id, error, params):
+        if isinstance(error, (DeviceLost, GpuOutOfMemory)):
+            kind = "device-lost" if isinstance(error, DeviceLost) else "oom"
+        else:
+            kind = fault_kind(f"{type(error).__name__}: {error}")
+        message = {"type": "error", "id": job_id, "kind": kind or "run"}
+        if kind == "device-lost":
+            message["message"] = "The GPU stopped responding (device lost). Recovering and resuming…"
+        elif kind == "oom" and params:
+            message["message"] = ("The GPU ran out of memory. Try a lower resolution or fewer steps, "
+                                  "or close other tabs that use the GPU.")
+            try:
+                request = parse_request(params, self.models)
+                lower = lower_resolution(self.models[request.model], request.height, request.width)
+                if lower:
+                    message["retry"] = dict(params, resolution=f"{lower[0]}x{lower[1]}", steps=str(min(request.steps, 2)))
+            except InputError:
+                pass
+        else:
+            message["message"] = f"Generation failed: {error}"
+        post(message)
+
+    def checked_request(self, raw):
+        request = parse_request(raw, self.models)
+        reason = unsuitable(self.models[request.model], self.caps)
+        if reason:
+            raise InputError(reason)
+        return request
+
+    async def generate(self, job_id, raw, resume=None):
+        request = self.checked_request(raw)
         steps = request.steps
 
         async def progress(stage, step=0):
@@ -122,32 +185,49 @@ class Worker:
                   "fraction": stage_fraction(stage, step, steps)})
             await asyncio.sleep(0)
 
-        await progress("load")
-        pipe = await self.pipeline(request.model, progress)
-
         async def on_step(i, x, denoised):
+            latents = float32_array(x)  # the page keeps it to resume after a device loss
+            post({"type": "checkpoint", "id": job_id, "step": i + 1, "latents": latents}, transfer=[latents.buffer])
             await progress("denoise", i + 1)
 
+        await progress("load")
+        pipe = await self.pipeline(request.model, progress)
+        if resume:
+            latents = np.asarray(resume["latents"], np.float32).reshape(pipe.latent_shape(request.height, request.width))
+            resume = (int(resume["step"]), latents)
         image = await pipe.generate(request.prompt, request.seed, steps, request.height, request.width,
-                                    on_stage=progress, on_step=on_step)
+                                    on_stage=progress, on_step=on_step, resume=resume)
         rgb = to_uint8(image)
         entry = self.models[request.model]
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(entry), app_version=__version__)
         # Show the pixels first; the PNG (slow to encode at large sizes) follows.
         bitmap = await image_bitmap(rgb)
-        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.backend}, transfer=[bitmap])
+        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"]}, transfer=[bitmap])
         png = encode_png(rgb, parameters)
         png_js = js.Uint8Array.new(len(png))
         png_js.assign(png)
         post({"type": "png", "id": job_id, "png": png_js.buffer, "filename": filename(request.model, request.seed),
               "parameters": parameters}, transfer=[png_js.buffer])
 
+    async def bench(self, job_id):
+        """Time the bundled bench model on this device; tier presets for every usable model."""
+        model_id = next(m for m, e in self.models.items() if e.get("bench"))
+        pipe = await self.pipeline(model_id, None)
+        result = await bench(pipe)
+        tier = result["tier"]
+        result["presets"] = {
+            m: {"resolution": "{}x{}".format(*default_resolution(e, tier)), "steps": PRESETS[tier].steps,
+                "preview_every": PRESETS[tier].preview_every}
+            for m, e in self.models.items()
+        }
+        post(dict(result, type="bench", id=job_id))
+
 
 async def start(manifest_url: str):
     manifest = json.loads(await (await fetch_ok(manifest_url)).text())
-    backend = await pick_backend()
-    worker = Worker(manifest, backend)
-    models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"]}
-              for m in manifest["models"]]
-    post({"type": "ready", "models": models, "backend": backend, "version": __version__})
+    caps = await capabilities()
+    worker = Worker(manifest, caps)
+    models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
+               "unsuitable": unsuitable(m, caps)} for m in manifest["models"]]
+    post({"type": "ready", "models": models, "capabilities": caps, "version": __version__})
     return worker

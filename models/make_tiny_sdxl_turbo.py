@@ -753,6 +753,10 @@ def write_manifest() -> None:
         "base_url": f"/models/{BUNDLE_ID}/",
         "defaults": {"steps": 2, "height": 64, "width": 64},
         "resolutions": RESOLUTIONS,
+        # Small enough for the wasm (CPU) back end; also the model the device bench times.
+        "requires": {"webgpu": False, "shader_f16": False},
+        "bench": True,
+        "tier_resolutions": {"fast": [128, 128], "medium": [96, 64], "slow": [64, 64]},
         "vae_scaling_factor": VAE_SCALING_FACTOR,
         "vae_scale_factor": VAE_SCALE_FACTOR,
         "files": files,

@@ -1,12 +1,19 @@
 # The page (MicroPython via PyScript): reads the controls, talks to the GPU worker, shows
 # progress and results. All heavy work happens in the worker, so this thread stays free.
+# When the GPU is lost or runs out of memory, this page replaces the worker and carries on.
+import json
+
 from pyscript import document, window
 from pyscript.ffi import create_proxy, to_js
 
-worker = window.Worker.new("./worker.mjs", to_js({"type": "module"}))
-models = {}  # id -> {"defaults", "resolutions"} from the worker's "ready" message
-jobs = []  # ids of generate requests not finished yet, oldest first
-state = {"next_id": 1, "png_url": None, "filename": None}
+BENCH_KEY = "lantern.bench"
+MAX_FAILED_RECOVERIES = 2
+
+models = {}  # id -> {"defaults", "resolutions", "unsuitable"} from the worker's "ready" message
+jobs = {}  # id -> {"params", "checkpoint": (step, latents) | None, "failed": int}, unfinished only
+state = {"worker": None, "next_id": 1, "png_url": None, "filename": None, "caps": None, "retry": None,
+         "bench_id": None}
+on_message_proxy = None
 
 
 def el(id):
@@ -25,34 +32,149 @@ def set_status(text, fraction=None):
         el("progress").value = fraction
 
 
-def fill_resolutions(model_id):
+def set_retry(params, label):
+    state["retry"] = params
+    button = el("retry")
+    button.textContent = label
+    button.hidden = params is None
+
+
+def start_worker():
+    worker = window.Worker.new("./worker.mjs", to_js({"type": "module"}))
+    worker.addEventListener("message", on_message_proxy)
+    state["worker"] = worker
+
+
+def replace_worker():
+    """A fresh worker gets a fresh GPU device and nothing allocated; unfinished jobs are re-sent
+    when it says it is ready."""
+    state["worker"].terminate()
+    el("generate").disabled = True
+    start_worker()
+
+
+def send(message):
+    state["worker"].postMessage(to_js(message))
+
+
+def send_job(job_id):
+    job = jobs[job_id]
+    message = {"type": "generate", "id": job_id, "params": job["params"]}
+    if job["checkpoint"]:
+        step, latents = job["checkpoint"]
+        message["resume"] = {"step": step, "latents": latents}
+    send(message)
+
+
+def fill_resolutions(model_id, resolution=None, steps=None):
     select = el("resolution")
     select.innerHTML = ""
     model = models[model_id]
     d = model["defaults"]
+    wanted = resolution or f"{d['height']}x{d['width']}"
     for h, w in model["resolutions"]:
         option = document.createElement("option")
         option.value = option.textContent = f"{h}x{w}"
-        option.selected = h == d["height"] and w == d["width"]
+        option.selected = option.value == wanted
         select.appendChild(option)
-    el("steps").value = str(d["steps"])
+    el("steps").value = str(steps or d["steps"])
+    reason = model["unsuitable"]
+    el("notice").textContent = reason or ""
+    el("notice").hidden = not reason
+
+
+def show_capabilities(caps):
+    rows = [("Back end", "WebGPU" if caps.backend == "webgpu" else "CPU (wasm)")]
+    if caps.backend == "webgpu":
+        rows += [("Adapter", f"{caps.vendor} {caps.architecture} {caps.description}".strip() or "unnamed"),
+                 ("Software adapter", "yes" if caps.fallback_adapter else "no"),
+                 ("shader-f16", "yes" if caps.shader_f16 else "no"),
+                 ("Largest buffer", f"{caps.max_buffer_size // 1048576} MiB"),
+                 ("Largest storage binding", f"{caps.max_storage_buffer_binding_size // 1048576} MiB")]
+    else:
+        rows.append(("Why", caps.reason))
+    dl = el("capabilities")
+    dl.innerHTML = ""
+    for name, value in rows:
+        dt = document.createElement("dt")
+        dt.textContent = name
+        dd = document.createElement("dd")
+        dd.textContent = str(value)
+        dl.appendChild(dt)
+        dl.appendChild(dd)
+
+
+def device_key(caps):
+    return f"{caps.backend}|{caps.vendor}|{caps.architecture}|{caps.description}"
+
+
+def apply_bench(result):
+    runs = ", ".join(f"{t:.0f}" for t in result["runs_ms"])
+    el("tier").textContent = (f"Device tier: {result['tier'].upper()} — one UNet step of the {result['model']} "
+                              f"bench model at {result['size']} takes {result['step_ms']:.0f} ms (runs: {runs} ms).")
+    preset = result["presets"].get(el("model").value)
+    if preset:
+        fill_resolutions(el("model").value, preset["resolution"], preset["steps"])
+
+
+def run_bench():
+    job_id = state["next_id"]
+    state["next_id"] += 1
+    state["bench_id"] = job_id
+    el("rebench").disabled = True
+    el("tier").textContent = "Device tier: measuring this device…"
+    send({"type": "bench", "id": job_id})
+
+
+def on_bench(msg):
+    result = {"tier": msg.tier, "step_ms": msg.step_ms, "model": msg.model, "size": msg.size,
+              "runs_ms": [msg.runs_ms[i] for i in range(msg.runs_ms.length)], "presets": {}}
+    for model_id in models:
+        p = msg.presets[model_id]
+        result["presets"][model_id] = {"resolution": p.resolution, "steps": p.steps, "preview_every": p.preview_every}
+    window.localStorage.setItem(BENCH_KEY, json.dumps({"device": device_key(state["caps"]), "result": result}))
+    el("rebench").disabled = False
+    state["bench_id"] = None
+    apply_bench(result)
 
 
 def on_ready(msg):
+    first = not models
+    caps = msg.capabilities
+    state["caps"] = caps
     select = el("model")
     for i in range(msg.models.length):
         m = msg.models[i]
         resolutions = [(int(m.resolutions[j][0]), int(m.resolutions[j][1])) for j in range(m.resolutions.length)]
         d = m.defaults
         models[m.id] = {"defaults": {"height": d.height, "width": d.width, "steps": d.steps},
-                        "resolutions": resolutions}
-        option = document.createElement("option")
-        option.value = m.id
-        option.textContent = m.name
-        select.appendChild(option)
-    fill_resolutions(select.value)
+                        "resolutions": resolutions, "unsuitable": m.unsuitable}
+        if first:
+            option = document.createElement("option")
+            option.value = m.id
+            option.textContent = m.name + (" (cannot run here)" if m.unsuitable else "")
+            select.appendChild(option)
+    show_capabilities(caps)
     el("generate").disabled = False
-    set_status(f"Ready ({msg.backend}).", 0)
+    if first:
+        fill_resolutions(select.value)
+        if caps.backend != "webgpu":
+            el("notice").textContent = (f"{caps.reason} Images are made on the CPU instead, which is much slower; "
+                                        "only small models can run.")
+            el("notice").hidden = False
+        stored = window.localStorage.getItem(BENCH_KEY)
+        saved = json.loads(stored) if stored else None
+        if saved and saved["device"] == device_key(caps):
+            apply_bench(saved["result"])
+            el("rebench").disabled = False
+        else:
+            run_bench()
+        set_status(f"Ready ({caps.backend}).", 0)
+    else:
+        if state["bench_id"]:
+            run_bench()
+        for job_id in sorted(jobs):
+            send_job(job_id)
 
 
 STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Encoding the prompt…", "decode": "Decoding the image…"}
@@ -66,6 +188,13 @@ def on_progress(msg):
     else:
         text = STAGE_TEXT.get(msg.stage, msg.stage)
     set_status(text, msg.fraction)
+
+
+def on_checkpoint(msg):
+    job = jobs.get(msg.id)
+    if job:
+        job["checkpoint"] = (msg.step, msg.latents)
+        job["failed"] = 0  # the run moved on: earlier recoveries worked
 
 
 def on_result(msg):
@@ -96,10 +225,44 @@ def on_png(msg):
 
 
 def finish(job_id, text):
-    if job_id in jobs:
-        jobs.remove(job_id)
+    jobs.pop(job_id, None)
     el("cancel").disabled = not jobs
     set_status(text, 1 if text == "Done." else 0)
+
+
+def on_device_lost(msg):
+    job = jobs.get(msg.id)
+    if job is None:
+        replace_worker()
+        return
+    job["failed"] += 1
+    if job["failed"] > MAX_FAILED_RECOVERIES:
+        params = job["params"]
+        finish(msg.id, "Stopped.")
+        show_error("The GPU keeps failing (device lost again while recovering). Close other GPU-heavy tabs "
+                   "or restart the browser, then press Retry.")
+        set_retry(params, "Retry")
+    else:
+        set_status(msg.message)
+    replace_worker()
+
+
+def on_error(msg):
+    if msg.kind == "device-lost":
+        on_device_lost(msg)
+        return
+    params = jobs[msg.id]["params"] if msg.id in jobs else None
+    show_error(msg.message)
+    finish(msg.id, "Stopped.")
+    if msg.kind == "oom":
+        retry = msg.retry
+        if retry:
+            set_retry({"prompt": retry.prompt, "seed": retry.seed, "steps": retry.steps,
+                       "resolution": retry.resolution, "model": retry.model},
+                      f"Retry at {retry.resolution}, {retry.steps} steps")
+        else:
+            set_retry(params, "Retry")
+        replace_worker()  # free everything the failed run allocated
 
 
 def on_message(event):
@@ -109,39 +272,53 @@ def on_message(event):
         on_ready(msg)
     elif kind == "progress":
         on_progress(msg)
+    elif kind == "checkpoint":
+        on_checkpoint(msg)
     elif kind == "queued":
-        set_status(f"Queued: {msg.position} ahead.")
+        set_status(f"Queued: {msg.ahead} ahead of this one…")
     elif kind == "result":
         on_result(msg)
     elif kind == "png":
         on_png(msg)
+    elif kind == "bench":
+        on_bench(msg)
     elif kind == "cancelled":
         finish(msg.id, "Cancelled.")
     elif kind == "error":
-        show_error(msg.message)
-        finish(msg.id, "Stopped.")
+        on_error(msg)
+
+
+def submit(params):
+    show_error("")
+    set_retry(None, "")
+    job_id = state["next_id"]
+    state["next_id"] += 1
+    jobs[job_id] = {"params": params, "checkpoint": None, "failed": 0}
+    el("cancel").disabled = False
+    set_status("Starting…", 0)
+    send_job(job_id)
 
 
 def generate(event):
-    show_error("")
-    job_id = state["next_id"]
-    state["next_id"] += 1
-    jobs.append(job_id)
-    el("cancel").disabled = False
-    params = {
+    submit({
         "prompt": el("prompt").value,
         "seed": el("seed").value,
         "steps": el("steps").value,
         "resolution": el("resolution").value,
         "model": el("model").value,
-    }
-    set_status("Starting…", 0)
-    worker.postMessage(to_js({"type": "generate", "id": job_id, "params": params}))
+    })
+
+
+def retry(event):
+    params = state["retry"]
+    el("model").value = params["model"]
+    fill_resolutions(params["model"], params["resolution"], params["steps"])
+    submit(params)
 
 
 def cancel(event):
     for job_id in jobs:
-        worker.postMessage(to_js({"type": "cancel", "id": job_id}))
+        send({"type": "cancel", "id": job_id})
 
 
 def randomize(event):
@@ -159,9 +336,14 @@ def on_model_change(event):
     fill_resolutions(el("model").value)
 
 
-worker.addEventListener("message", create_proxy(on_message))
+on_message_proxy = create_proxy(on_message)
+start_worker()
 el("generate").addEventListener("click", create_proxy(generate))
 el("cancel").addEventListener("click", create_proxy(cancel))
+el("retry").addEventListener("click", create_proxy(retry))
 el("randomize").addEventListener("click", create_proxy(randomize))
 el("download").addEventListener("click", create_proxy(download))
+el("rebench").addEventListener("click", create_proxy(lambda event: run_bench()))
 el("model").addEventListener("change", create_proxy(on_model_change))
+# Leaving the page ends the worker, which releases its GPU device and every buffer on it.
+window.addEventListener("pagehide", create_proxy(lambda event: state["worker"].terminate()))

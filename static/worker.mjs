@@ -5,6 +5,7 @@ import * as ort from "./vendor/ort/ort.webgpu.min.mjs";
 import * as tokenizers from "./vendor/tokenizers/tokenizers.min.mjs";
 
 const site = new URL("./", import.meta.url);
+globalThis.ort = ort; // for diagnostics from devtools (e.g. ort.env.webgpu.device), and fault-injection tests
 ort.env.wasm.wasmPaths = new URL("vendor/ort/", site).href;
 // Threads need cross-origin isolation (serve.py sends COOP/COEP); leave a core for the page.
 ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(4, navigator.hardwareConcurrency - 1)) : 1;

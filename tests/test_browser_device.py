@@ -1,0 +1,162 @@
+"""Device capability, tiers, and surviving device loss and out-of-memory, with faults injected
+into the real worker in headless Chromium."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from app.pipeline import to_uint8
+from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, run
+from test_browser import PIXEL_TOLERANCE, fill, generate_and_download
+
+pytestmark = pytest.mark.browser
+
+# Chrome's own path for an allocation the GPU cannot back: a GPUOutOfMemoryError delivered as
+# an uncapturederror event on the device. Here it fires for any new buffer over 200 kB, which the
+# tiny model needs at 128x128 but not at 64x64.
+INJECT_OOM = """(() => {
+    const create = GPUDevice.prototype.createBuffer;
+    GPUDevice.prototype.createBuffer = function (descriptor) {
+        const buffer = create.call(this, descriptor);
+        if (descriptor.size > 200000) {
+            this.dispatchEvent(new GPUUncapturedErrorEvent('uncapturederror',
+                {error: new GPUOutOfMemoryError('injected allocation failure')}));
+        }
+        return buffer;
+    };
+})()"""
+DESTROY_DEVICE = "ort.env.webgpu.device.destroy()"
+# Live GPU buffers (count and bytes) as seen from the worker: createBuffer/destroy are wrapped.
+TRACK_BUFFERS = """(() => {
+    const live = new Map();
+    self.gpuBuffers = () => ({count: live.size, bytes: [...live.values()].reduce((a, b) => a + b, 0)});
+    const create = GPUDevice.prototype.createBuffer, destroy = GPUBuffer.prototype.destroy;
+    GPUDevice.prototype.createBuffer = function (d) { const b = create.call(this, d); live.set(b, d.size); return b; };
+    GPUBuffer.prototype.destroy = function () { live.delete(this); return destroy.call(this); };
+})()"""
+
+
+def watch_status(page):
+    page.evaluate("""() => {
+        window.__stages = [];
+        new MutationObserver(() => window.__stages.push(document.getElementById('status').textContent))
+            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
+    }""")
+
+
+def test_device_panel_shows_capabilities_and_measured_tier(app):
+    app.get_by_text("Device", exact=True).click()
+    panel = app.locator("#device")
+    expect(panel).to_contain_text("WebGPU")
+    expect(panel).to_contain_text("Software adapter")  # SwiftShader is a fallback adapter
+    expect(panel.locator("dd").nth(3)).to_have_text("no")  # no shader-f16 on SwiftShader
+    tier = app.locator("#tier")
+    expect(tier).to_contain_text("Device tier: ", timeout=RUN_TIMEOUT_MS)
+    expect(tier).to_contain_text(" ms (runs: ", timeout=RUN_TIMEOUT_MS)
+    print(tier.text_content())
+    stored = json.loads(app.evaluate("localStorage.getItem('lantern.bench')"))
+    assert stored["result"]["tier"] in ("fast", "medium", "slow") and stored["result"]["step_ms"] > 0
+    app.get_by_role("button", name="Re-run benchmark").click()
+    expect(tier).to_contain_text("measuring")
+    expect(tier).to_contain_text(" ms (runs: ", timeout=RUN_TIMEOUT_MS)
+    app.get_by_text("Device", exact=True).click()
+
+
+def test_device_lost_mid_run_recovers_and_finishes_identically_10_of_10(app):
+    fill(app, seed="21", steps="4")
+    _, undisturbed = generate_and_download(app)
+    recovered = 0
+    for i in range(10):
+        k = 1 + i % 3
+        watch_status(app)
+        app.get_by_role("button", name="Generate").click()
+        expect(app.get_by_role("status")).to_have_text(f"Denoising: step {k} of 4…", timeout=RUN_TIMEOUT_MS)
+        app.workers[-1].evaluate(DESTROY_DEVICE)
+        expect(app.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
+        stages = app.evaluate("window.__stages")
+        assert any("device lost" in s for s in stages), stages
+        with app.expect_download() as info:
+            app.get_by_role("button", name="Download").click()
+        assert open(info.value.path(), "rb").read() == undisturbed, f"injection {i + 1} at step {k}"
+        recovered += 1
+    print(f"device loss: recovered {recovered} of 10, every image identical to the undisturbed run")
+
+
+def test_recovery_that_keeps_failing_stops_with_a_retry_button(app):
+    fill(app, seed="22", steps="2")
+    app.get_by_role("button", name="Generate").click()
+    for _ in range(3):  # the loss, then two failed recoveries
+        expect(app.get_by_role("status")).to_have_text("Encoding the prompt…", timeout=RUN_TIMEOUT_MS)
+        app.workers[-1].evaluate(DESTROY_DEVICE)
+        expect(app.get_by_role("status")).not_to_have_text("Encoding the prompt…", timeout=RUN_TIMEOUT_MS)
+    expect(app.get_by_role("alert")).to_contain_text("The GPU keeps failing", timeout=RUN_TIMEOUT_MS)
+    expect(app.get_by_role("status")).to_have_text("Stopped.")
+    app.get_by_role("button", name="Retry").click()
+    expect(app.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
+    expect(app.get_by_role("button", name="Retry")).to_be_hidden()
+
+
+def test_out_of_memory_offers_a_lower_preset_and_the_retry_succeeds(app):
+    fill(app, seed="23", steps="3", resolution="128x128")
+    app.get_by_role("button", name="Generate").click()
+    expect(app.get_by_role("status")).to_have_text("Encoding the prompt…", timeout=RUN_TIMEOUT_MS)
+    app.workers[-1].evaluate(INJECT_OOM)
+    expect(app.get_by_role("alert")).to_contain_text("The GPU ran out of memory", timeout=RUN_TIMEOUT_MS)
+    retry = app.get_by_role("button", name="Retry at 96x64, 2 steps")
+    expect(retry).to_be_visible()
+    retry.click()
+    expect(app.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
+    expect(app.get_by_label("Resolution")).to_have_value("96x64")
+    with app.expect_download() as info:
+        app.get_by_role("button", name="Download").click()
+    assert Image.open(info.value.path()).size == (64, 96)
+    fill(app, seed="24", steps="1")  # and the next ordinary run works too
+    name, _ = generate_and_download(app)
+    assert name.endswith("_24.png")
+
+
+def test_switching_models_leaves_no_growth_in_gpu_buffers(browser, server):
+    """A second manifest entry (the same bundle under another id) forces a full unload/load on
+    every switch; live GPU buffers are counted by wrapping createBuffer/destroy in the worker."""
+    context = browser.new_context()
+
+    def manifest(route):
+        body = json.loads(route.fetch().text())
+        copy = dict(body["models"][0], id="tiny-copy", name="Tiny copy", bench=False)
+        route.fulfill(json={"models": body["models"] + [copy]})
+
+    context.route("**/models_manifest.json", manifest)
+    page = context.new_page()
+    with page.expect_worker() as worker_info:
+        page.goto(server)
+    worker_info.value.evaluate(TRACK_BUFFERS)  # before the worker creates its first session
+    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    held = []
+    for model in ["tiny-sdxl-turbo", "tiny-copy", "tiny-sdxl-turbo", "tiny-copy", "tiny-sdxl-turbo"]:
+        page.get_by_label("Model").select_option(model)
+        fill(page, seed="1", steps="1")
+        generate_and_download(page)
+        held.append(page.workers[-1].evaluate("gpuBuffers()"))
+    print("live GPU buffers after each model:", held)
+    assert held[3]["bytes"] <= held[1]["bytes"] and held[4]["bytes"] <= held[2]["bytes"]
+    assert held[3]["count"] <= held[1]["count"] and held[4]["count"] <= held[2]["count"]
+    context.close()
+
+
+def test_without_webgpu_the_page_explains_and_generates_on_wasm(browser_type, server, cpu_pipeline):
+    browser = browser_type.launch(executable_path="/usr/bin/chromium",
+                                  args=[a for a in CHROMIUM_ARGS if a != "--enable-unsafe-webgpu"])
+    page = browser.new_page(accept_downloads=True)
+    page.goto(server)
+    expect(page.get_by_role("status")).to_have_text("Ready (wasm).", timeout=BOOT_TIMEOUT_MS)
+    expect(page.get_by_role("note")).to_contain_text("Images are made on the CPU instead")
+    fill(page, seed="31", steps="2")
+    _, png = generate_and_download(page)
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    expected = to_uint8(run(cpu_pipeline.generate("a lighthouse at dusk, oil painting", 31, 2, 64, 64))).astype(int)
+    assert np.abs(img - expected).max() <= PIXEL_TOLERANCE
+    browser.close()
