@@ -67,7 +67,14 @@ class WebSession:
         if self._fault.done():
             running.add_done_callback(lambda f: f.cancelled() or f.exception())  # outcome no longer matters
             raise self._fault.result()
-        results = running.result()
+        try:
+            results = running.result()
+        except Exception:
+            # A destroyed device can fail the run before `device.lost` resolves: give it a moment.
+            await asyncio.wait([self._fault], timeout=0.5)
+            if self._fault.done():
+                raise self._fault.result() from None
+            raise
         return {name: from_tensor(getattr(results, name)) for name in output_names}
 
 

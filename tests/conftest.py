@@ -21,7 +21,7 @@ CHROMIUM_ARGS = [
     "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader", "--use-angle=swiftshader",
 ]
 BOOT_TIMEOUT_MS = 120_000
-RUN_TIMEOUT_MS = 600_000
+RUN_TIMEOUT_MS = 180_000
 
 
 def run(coro):
