@@ -72,6 +72,18 @@ def unsuitable(entry: dict, caps: dict) -> str | None:
     return None
 
 
+def pick_variant(entry: dict, caps: dict) -> dict:
+    """The entry as it will run here: merged with its first listed variant this device can run
+    (list fp16 before fp32 to prefer it where shader-f16 exists), or with the first variant when
+    none fits, so that `unsuitable` explains why. An entry without variants is returned as is."""
+    variants = entry.get("variants")
+    if not variants:
+        return entry
+    merged = [{**entry, **v, "id": entry["id"], "name": f"{entry['name']} ({v['id']})", "variant": v["id"]}
+              for v in variants]
+    return next((m for m in merged if unsuitable(m, caps) is None), merged[0])
+
+
 _LOST = ("device lost", "device was lost", "devicelost", "device is lost", "destroyed", "gpudevicelost")
 _OOM = ("out of memory", "outofmemory", "failed to allocate", "allocation failed", "memoryerror",
         "array buffer allocation", "bad_alloc", "oom")

@@ -28,7 +28,7 @@ from pyodide.ffi import to_js
 
 from . import __version__
 from .bench import bench
-from .device import PRESETS, default_resolution, fault_kind, lower_resolution, unsuitable
+from .device import PRESETS, default_resolution, fault_kind, lower_resolution, pick_variant, unsuitable
 from .manifest import bundle_sha256, models_by_id
 from .params import InputError, parse_request
 from .pipeline import SDXLTurbo, to_uint8
@@ -96,7 +96,8 @@ async def capabilities() -> dict:
 
 class Worker:
     def __init__(self, manifest: dict, caps: dict):
-        self.models = models_by_id(manifest)
+        # Each model as it will run on this device (its variant chosen by the capabilities).
+        self.models = {m: pick_variant(e, caps) for m, e in models_by_id(manifest).items()}
         self.caps = caps
         self.loaded = None  # (model id, SDXLTurbo): one model at a time
         self.lock = asyncio.Lock()
@@ -228,6 +229,6 @@ async def start(manifest_url: str):
     caps = await capabilities()
     worker = Worker(manifest, caps)
     models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
-               "unsuitable": unsuitable(m, caps)} for m in manifest["models"]]
+               "unsuitable": unsuitable(m, caps)} for m in worker.models.values()]
     post({"type": "ready", "models": models, "capabilities": caps, "version": __version__})
     return worker

@@ -4,7 +4,7 @@ import pytest
 
 from app.bench import bench
 from app.device import (FAST_MAX_MS, MEDIUM_MAX_MS, assign_tier, default_resolution, fault_kind,
-                        lower_resolution, unsuitable)
+                        lower_resolution, pick_variant, unsuitable)
 from conftest import run
 
 SDXL = {"name": "SDXL-Turbo", "resolutions": [[512, 512], [768, 768], [1024, 1024], [512, 768]],
@@ -60,3 +60,16 @@ def test_bench_measures_the_loaded_model(cpu_pipeline):
     result = run(bench(cpu_pipeline, runs=2))
     assert len(result["runs_ms"]) == 2 and result["step_ms"] > 0
     assert result["tier"] == assign_tier(result["step_ms"]) and result["size"] == "64x64"
+
+
+def test_variant_follows_shader_f16():
+    entry = {"id": "sdxl", "name": "SDXL-Turbo", "resolutions": [[512, 512]], "variants": [
+        {"id": "fp16", "base_url": "/fp16/", "requires": {"webgpu": True, "shader_f16": True}},
+        {"id": "fp32", "base_url": "/fp32/", "requires": {"webgpu": True}},
+    ]}
+    assert pick_variant(entry, dict(GPU, shader_f16=True))["base_url"] == "/fp16/"
+    linux_nvidia = pick_variant(entry, GPU)  # no shader-f16 on Linux + NVIDIA
+    assert linux_nvidia["variant"] == "fp32" and unsuitable(linux_nvidia, GPU) is None
+    on_cpu = pick_variant(entry, {"backend": "wasm"})
+    assert "needs WebGPU" in unsuitable(on_cpu, {"backend": "wasm"})
+    assert pick_variant(TINY, GPU) is TINY
