@@ -26,7 +26,7 @@ import js
 import numpy as np
 from pyodide.ffi import to_js
 
-from . import __version__
+from . import __version__, gallery
 from .bench import bench
 from .device import PRESETS, default_resolution, fault_kind, lower_resolution, pick_variant, unsuitable
 from .manifest import bundle_sha256, models_by_id
@@ -113,6 +113,8 @@ class Worker:
             asyncio.ensure_future(self.job(msg["id"], self.bench))
         elif kind == "cancel":
             self.cancelled.add(msg["id"])
+        elif kind and kind.startswith("gallery-"):  # storage only: no need to wait for the GPU
+            asyncio.ensure_future(gallery.handle(msg, post))
 
     async def pipeline(self, model_id, on_stage):
         if self.loaded and self.loaded[0] == model_id:
@@ -209,6 +211,8 @@ class Worker:
         png_js.assign(png)
         post({"type": "png", "id": job_id, "png": png_js.buffer, "filename": filename(request.model, request.seed),
               "parameters": parameters}, transfer=[png_js.buffer])
+        if raw.get("autosave"):
+            await gallery.autosave(job_id, png, parameters, post)
 
     async def bench(self, job_id):
         """Time the bundled bench model on this device; tier presets for every usable model."""

@@ -6,6 +6,8 @@ import json
 from pyscript import document, window
 from pyscript.ffi import create_proxy, to_js
 
+import gallery_ui
+
 BENCH_KEY = "lantern.bench"
 MAX_FAILED_RECOVERIES = 2
 
@@ -286,6 +288,8 @@ def on_message(event):
         finish(msg.id, "Cancelled.")
     elif kind == "error":
         on_error(msg)
+    elif kind.startswith("gallery-"):
+        gallery_ui.on_message(msg)
 
 
 def submit(params):
@@ -306,7 +310,20 @@ def generate(event):
         "steps": el("steps").value,
         "resolution": el("resolution").value,
         "model": el("model").value,
+        "autosave": gallery_ui.autosave(),
     })
+
+
+def apply_settings(p):
+    """Put saved settings (a dict: prompt, seed, steps, height, width, model) back in the controls."""
+    if p["model"] not in models:
+        show_error(f"This image was made with the model {p['model']!r}, which is not available here.")
+        return
+    el("model").value = p["model"]
+    fill_resolutions(p["model"], f"{p['height']}x{p['width']}", p["steps"])
+    el("prompt").value = p["prompt"]
+    el("seed").value = str(p["seed"])
+    show_error("")
 
 
 def retry(event):
@@ -338,6 +355,7 @@ def on_model_change(event):
 
 on_message_proxy = create_proxy(on_message)
 start_worker()
+gallery_ui.setup(send, apply_settings)
 el("generate").addEventListener("click", create_proxy(generate))
 el("cancel").addEventListener("click", create_proxy(cancel))
 el("retry").addEventListener("click", create_proxy(retry))
