@@ -1,9 +1,351 @@
-"""Gallery store (worker side): placeholder, replaced by the real OPFS-backed gallery."""
+"""The gallery (worker side): auto-saved results, kept in the Origin Private File System (OPFS).
+
+The OPFS folder gallery/ holds, per image (key = "<created, ms since epoch>-<6 hex digits>"):
+  <key>.png        the PNG exactly as generated (its settings are also in its own text chunk)
+  <key>.thumb.png  a small preview for the list, at most THUMB_SIZE px a side
+  <key>.json       {key, created, parameters}
+The .json is written last and deleted first, so an image is listed only while all its files are
+complete. Each file is written with createWritable(), which swaps the new contents in on close():
+a crash or a killed worker never leaves a torn file (a sync access handle is the fallback where a
+browser lacks createWritable in workers).
+
+Page -> worker:  {type: "gallery-list", query}      {type: "gallery-get", key}
+                 {type: "gallery-delete", key}      {type: "gallery-read", png (ArrayBuffer)}
+Worker -> page:  {type: "gallery-items", query, entries, total}     newest first, at most LIST_LIMIT
+                 {type: "gallery-saved", id, entry}                  after an auto-save
+                 {type: "gallery-item", key, png (ArrayBuffer), filename, parameters}
+                 {type: "gallery-deleted", key}
+                 {type: "gallery-settings", parameters, message}    message is "" unless refused
+                 {type: "gallery-error", key, message}
+entry = {key, prompt, seed, steps, height, width, model, filename, thumb (ArrayBuffer)}.
+Seeds travel as decimal text: the page's MicroPython reads JS numbers as 32-bit integers, and a
+seed goes up to 2**32 - 1.
+
+Only the functions at the bottom touch the browser; the rest is plain Python, tested on CPython.
+"""
+
+import asyncio
+import io
+import json
+import re
+import secrets
+import time
+import traceback
+
+from PIL import Image
+
+from .png import read_parameters
+
+FOLDER = "gallery"
+THUMB_SIZE = 128
+LIST_LIMIT = 200  # thumbnails sent per listing; searching narrows the rest
+ORPHAN_GRACE_MS = 10 * 60 * 1000  # files without a .json this old are leftovers of an interrupted save
+KEY_RE = re.compile(r"\d{13}-[0-9a-f]{6}")
+FIELDS = {"prompt": str, "seed": int, "steps": int, "height": int, "width": int, "model": str}
+
+NOT_LANTERN = "This PNG was not made by Lantern, so it has no settings to restore."
+NOT_PNG = "This file is not a PNG image, so it has no settings to restore."
+DAMAGED = "This PNG's Lantern settings are damaged or incomplete, so they cannot be restored."
+MISSING = "This image is no longer in the gallery."
+
+
+# --- plain logic ---------------------------------------------------------------------------------
+
+def new_key(created_ms: int, token: str) -> str:
+    return f"{created_ms:013d}-{token}"
+
+
+def valid_key(key) -> bool:
+    return isinstance(key, str) and KEY_RE.fullmatch(key) is not None
+
+
+def checked_parameters(parameters):
+    """`parameters` if it has every setting with the right type, else None (extra keys are kept)."""
+    if not isinstance(parameters, dict):
+        return None
+    for name, kind in FIELDS.items():
+        value = parameters.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return None
+    return parameters
+
+
+def make_record(key: str, created_ms: int, parameters: dict) -> dict:
+    return {"key": key, "created": created_ms, "parameters": parameters}
+
+
+def parse_record(text):
+    """A record read back from its .json, or None when it is unreadable or incomplete."""
+    try:
+        record = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not valid_key(record.get("key")):
+        return None
+    created = record.get("created")
+    if not isinstance(created, int) or isinstance(created, bool) or checked_parameters(record.get("parameters")) is None:
+        return None
+    return record
+
+
+def download_name(parameters: dict, created_ms: int) -> str:
+    """The name the main Download button gives: {model}_{YYYYMMDD-HHMMSS}_{seed}.png, UTC."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(created_ms // 1000))
+    return f"{parameters['model']}_{stamp}_{parameters['seed']}.png"
+
+
+def select(records, query: str = "", limit: int = LIST_LIMIT):
+    """(newest first records whose prompt contains `query`, any case; how many matched in all)."""
+    needle = (query or "").strip().casefold()
+    found = [r for r in records if needle in r["parameters"]["prompt"].casefold()]
+    found.sort(key=lambda r: (r["created"], r["key"]), reverse=True)
+    return found[:limit], len(found)
+
+
+def page_settings(parameters: dict) -> dict:
+    """The settings the page puts back in its controls (seed as text, see the module docstring)."""
+    return {"prompt": parameters["prompt"], "seed": str(parameters["seed"]), "steps": parameters["steps"],
+            "height": parameters["height"], "width": parameters["width"], "model": parameters["model"]}
+
+
+def entry(record: dict) -> dict:
+    """A list entry for the page, without its thumbnail."""
+    return dict(page_settings(record["parameters"]), key=record["key"],
+                filename=download_name(record["parameters"], record["created"]))
+
+
+def make_thumbnail(png: bytes, size: int = THUMB_SIZE) -> bytes:
+    with Image.open(io.BytesIO(png)) as img:
+        img = img.convert("RGB")
+        img.thumbnail((size, size))  # keeps the aspect ratio; never enlarges
+        out = io.BytesIO()
+        img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def settings_from_png(data: bytes):
+    """(settings for the page, "") from a Lantern PNG, or (None, a polite reason) otherwise."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None, NOT_PNG
+    try:
+        parameters = read_parameters(data)
+    except json.JSONDecodeError:  # the chunk is there but its JSON is broken
+        return None, DAMAGED
+    except Exception:  # Pillow reports broken files as OSError, SyntaxError, ValueError...
+        return None, NOT_PNG
+    if parameters is None:
+        return None, NOT_LANTERN
+    if checked_parameters(parameters) is None:
+        return None, DAMAGED
+    return page_settings(parameters), ""
+
+
+def orphans(names, now_ms: int, grace_ms: int = ORPHAN_GRACE_MS):
+    """Files whose image has no .json (an interrupted save or delete), once they are old enough not
+    to be a save still in progress."""
+    listed = {n[:-5] for n in names if n.endswith(".json")}
+    out = []
+    for name in names:
+        key = name.split(".", 1)[0]
+        if key not in listed and valid_key(key) and now_ms - int(key[:13]) > grace_ms:
+            out.append(name)
+    return out
+
+
+def storage_message(error: Exception) -> str:
+    text = f"{type(error).__name__}: {error}"
+    if "QuotaExceeded" in text:
+        return "The browser's storage for this site is full. Delete some images from the gallery to save new ones."
+    if "SecurityError" in text or "getDirectory" in text:
+        return "This browser does not let the page keep files (private browsing?), so the gallery is unavailable."
+    return f"The gallery could not be read or written: {error}"
+
+
+def as_bytes(value):
+    """Bytes from what a page message holds: a memoryview after to_py(), or a JS buffer proxy."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if hasattr(value, "to_bytes"):
+        return value.to_bytes()
+    return b""
+
+
+# --- the browser side ------------------------------------------------------------------------------
+
+_lock = asyncio.Lock()  # one store operation at a time: listing never sees a half-made image
+_records = {}  # key -> record; records never change once written, so they are read once
+_thumbs = {}  # key -> thumbnail bytes, for the same reason
+_folder_handle = None
+
+
+def _options(**values):
+    import js
+    from pyodide.ffi import to_js
+
+    return to_js(values, dict_converter=js.Object.fromEntries)
+
+
+def _js_bytes(data: bytes):
+    import js
+
+    array = js.Uint8Array.new(len(data))
+    array.assign(data)
+    return array
+
+
+async def _folder():
+    global _folder_handle
+    if _folder_handle is None:
+        import js
+
+        root = await js.navigator.storage.getDirectory()
+        _folder_handle = await root.getDirectoryHandle(FOLDER, _options(create=True))
+    return _folder_handle
+
+
+async def _write(folder, name: str, data: bytes):
+    handle = await folder.getFileHandle(name, _options(create=True))
+    if hasattr(handle, "createWritable"):
+        writable = await handle.createWritable()
+        await writable.write(_js_bytes(data))
+        await writable.close()  # the new contents replace the old only now
+    else:
+        access = await handle.createSyncAccessHandle()
+        try:
+            access.truncate(0)
+            access.write(_js_bytes(data))
+            access.flush()
+        finally:
+            access.close()
+
+
+async def _read(folder, name: str) -> bytes:
+    file = await (await folder.getFileHandle(name)).getFile()
+    return (await file.arrayBuffer()).to_bytes()
+
+
+async def _remove(folder, name: str):
+    try:
+        await folder.removeEntry(name)
+    except Exception as e:  # already gone (another tab, or an interrupted save) is fine
+        if "NotFoundError" not in f"{type(e).__name__}: {e}":
+            raise
+
+
+async def _names(folder):
+    names, entries = [], folder.keys()
+    while True:
+        step = await entries.next()
+        if step.done:
+            return names
+        names.append(step.value)
+
+
+async def _records_in(folder):
+    names = await _names(folder)
+    for name in orphans(names, int(time.time() * 1000)):
+        await _remove(folder, name)
+    records = []
+    for name in names:
+        key = name[:-5]
+        if not name.endswith(".json") or not valid_key(key):
+            continue
+        if key not in _records:
+            record = parse_record(await _read(folder, name))
+            if record is None or record["key"] != key:
+                continue
+            _records[key] = record
+        records.append(_records[key])
+    return records
+
+
+async def _thumb(folder, key):
+    if key not in _thumbs:
+        _thumbs[key] = await _read(folder, key + ".thumb.png")
+    return _thumbs[key]
+
+
+def _with_thumb(record, thumb: bytes):
+    data = _js_bytes(thumb)
+    return dict(entry(record), thumb=data.buffer), data.buffer
+
+
+async def _list(msg, post):
+    folder = await _folder()
+    query = str(msg.get("query") or "")
+    chosen, total = select(await _records_in(folder), query)
+    entries, buffers = [], []
+    for record in chosen:
+        try:
+            item, buffer = _with_thumb(record, await _thumb(folder, record["key"]))
+        except Exception:  # a lost thumbnail should not hide the image: remake it from the PNG
+            _thumbs[record["key"]] = make_thumbnail(await _read(folder, record["key"] + ".png"))
+            item, buffer = _with_thumb(record, _thumbs[record["key"]])
+        entries.append(item)
+        buffers.append(buffer)
+    post({"type": "gallery-items", "query": query, "entries": entries, "total": total}, transfer=buffers)
+
+
+async def _get(key, post):
+    folder = await _folder()
+    record = _records.get(key) or parse_record(await _read(folder, key + ".json"))
+    if record is None:
+        raise FileNotFoundError(f"NotFoundError: {key}.json is unreadable")
+    png = _js_bytes(await _read(folder, key + ".png"))
+    post({"type": "gallery-item", "key": key, "png": png.buffer, "parameters": page_settings(record["parameters"]),
+          "filename": download_name(record["parameters"], record["created"])}, transfer=[png.buffer])
+
+
+async def _delete(key, post):
+    folder = await _folder()
+    for suffix in (".json", ".png", ".thumb.png"):  # the .json first: from then on it is not listed
+        await _remove(folder, key + suffix)
+    _records.pop(key, None)
+    _thumbs.pop(key, None)
+    post({"type": "gallery-deleted", "key": key})
 
 
 async def handle(msg, post):
-    pass
+    """One page message whose type starts with "gallery-"; every failure becomes a gallery-error."""
+    kind, key = msg.get("type"), msg.get("key")
+    try:
+        if kind == "gallery-read":  # nothing stored is touched: no need to wait for the lock
+            parameters, message = settings_from_png(as_bytes(msg.get("png")))
+            post({"type": "gallery-settings", "parameters": parameters or {}, "message": message})
+            return
+        if kind in ("gallery-get", "gallery-delete") and not valid_key(key):
+            post({"type": "gallery-error", "key": str(key), "message": MISSING})
+            return
+        async with _lock:
+            if kind == "gallery-list":
+                await _list(msg, post)
+            elif kind == "gallery-get":
+                await _get(key, post)
+            elif kind == "gallery-delete":
+                await _delete(key, post)
+    except Exception as e:
+        missing = "NotFoundError" in f"{type(e).__name__}: {e}"
+        if not missing:
+            traceback.print_exc()
+        post({"type": "gallery-error", "key": str(key or ""), "message": MISSING if missing else storage_message(e)})
 
 
-async def autosave(job_id, png, parameters, post):
-    pass
+async def autosave(job_id, png: bytes, parameters: dict, post):
+    """Keep a finished result; a storage failure is reported but never fails the generation."""
+    try:
+        created = int(time.time() * 1000)
+        key = new_key(created, secrets.token_hex(3))
+        record = make_record(key, created, parameters)
+        thumb = make_thumbnail(png)
+        async with _lock:
+            folder = await _folder()
+            await _write(folder, key + ".png", png)
+            await _write(folder, key + ".thumb.png", thumb)
+            await _write(folder, key + ".json", json.dumps(record, ensure_ascii=False).encode())
+        _records[key], _thumbs[key] = record, thumb
+        item, buffer = _with_thumb(record, thumb)
+        post({"type": "gallery-saved", "id": job_id, "entry": item}, transfer=[buffer])
+    except Exception as e:
+        traceback.print_exc()
+        post({"type": "gallery-error", "key": "", "message": "The image was made but not saved to the gallery. "
+              + storage_message(e)})

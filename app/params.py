@@ -60,3 +60,11 @@ def parse_request(raw: dict, models: dict) -> Request:
         choices = ", ".join(f"{h}x{w}" for h, w in allowed)
         raise InputError(f"{models[model]['name']} cannot make {height}x{width} images. Choose one of: {choices}.")
     return Request(prompt, seed, steps, height, width, model)
+
+
+def parse_preview_every(raw: dict) -> int:
+    """Steps between previews (0 = none); not part of what makes the image."""
+    every = _integer(raw.get("preview_every", 0) or 0, "Preview every")
+    if not 0 <= every <= MAX_STEPS:
+        raise InputError(f"Preview every must be between 0 (no previews) and {MAX_STEPS} steps.")
+    return every

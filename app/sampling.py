@@ -24,3 +24,18 @@ async def sample_euler_ancestral(model, x, sigmas, noises, callback=None):
         if callback is not None:
             await callback(i, x, denoised)
     return x
+
+
+async def sample_euler(model, x, sigmas, callback=None):
+    """Plain Euler steps over `sigmas` (ending in 0): k-diffusion's sample_euler without churn.
+
+    Deterministic (no noise is drawn), as diffusers' EulerDiscreteScheduler with s_churn=0.
+    """
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = np.float32(sigmas[i]), np.float32(sigmas[i + 1])
+        denoised = await model(x, i)
+        d = (x - denoised) / sigma
+        x = x + d * (sigma_next - sigma)
+        if callback is not None:
+            await callback(i, x, denoised)
+    return x

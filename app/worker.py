@@ -1,13 +1,14 @@
 """The worker's side of the page <-> worker protocol (Python in Pyodide, in a Web Worker).
 
-Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model},
+Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model, preview_every, autosave},
                   resume?: {step, latents (Float32Array)}}
                  {type: "cancel", id}      {type: "bench", id}
 Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "queued", id, ahead}
                  {type: "progress", id, stage, step, steps, fraction}
                  {type: "checkpoint", id, step, latents (Float32Array, transferred)}
-                 {type: "result", id, bitmap (ImageBitmap, transferred), backend}
+                 {type: "preview", id, step, kind: "approx" | "vae", bitmap (ImageBitmap, transferred)}
+                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}}
                  {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
                  {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
                  {type: "cancelled", id}
@@ -30,9 +31,10 @@ from . import __version__, gallery
 from .bench import bench
 from .device import PRESETS, default_resolution, fault_kind, lower_resolution, pick_variant, unsuitable
 from .manifest import bundle_sha256, models_by_id
-from .params import InputError, parse_request
+from .params import InputError, parse_preview_every, parse_request
 from .pipeline import SDXLTurbo, to_uint8
 from .png import encode_png
+from .preview import approximate_rgb, preview_kind
 from .runtime_web import DeviceLost, GpuOutOfMemory, WebRuntime, fetch_ok
 
 # Share of the progress bar given to each stage; denoise is split evenly between its steps.
@@ -179,7 +181,10 @@ class Worker:
 
     async def generate(self, job_id, raw, resume=None):
         request = self.checked_request(raw)
+        preview_every = parse_preview_every(raw)
         steps = request.steps
+        started = time.perf_counter()
+        preview_ms = [0.0]
 
         async def progress(stage, step=0):
             if job_id in self.cancelled:
@@ -191,6 +196,13 @@ class Worker:
         async def on_step(i, x, denoised):
             latents = float32_array(x)  # the page keeps it to resume after a device loss
             post({"type": "checkpoint", "id": job_id, "step": i + 1, "latents": latents}, transfer=[latents.buffer])
+            kind = preview_kind(i + 1, steps, preview_every)
+            if kind:
+                t0 = time.perf_counter()
+                rgb = approximate_rgb(denoised, pipe.entry) if kind == "approx" else to_uint8(await pipe.decode(denoised))
+                bitmap = await image_bitmap(rgb)
+                post({"type": "preview", "id": job_id, "step": i + 1, "kind": kind, "bitmap": bitmap}, transfer=[bitmap])
+                preview_ms[0] += (time.perf_counter() - t0) * 1000
             await progress("denoise", i + 1)
 
         await progress("load")
@@ -205,7 +217,9 @@ class Worker:
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(entry), app_version=__version__)
         # Show the pixels first; the PNG (slow to encode at large sizes) follows.
         bitmap = await image_bitmap(rgb)
-        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"]}, transfer=[bitmap])
+        timing = {"total_ms": (time.perf_counter() - started) * 1000, "preview_ms": preview_ms[0]}
+        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"], "timing": timing},
+             transfer=[bitmap])
         png = encode_png(rgb, parameters)
         png_js = js.Uint8Array.new(len(png))
         png_js.assign(png)
@@ -233,6 +247,7 @@ async def start(manifest_url: str):
     caps = await capabilities()
     worker = Worker(manifest, caps)
     models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
-               "unsuitable": unsuitable(m, caps)} for m in worker.models.values()]
+               "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, caps) or ""}
+              for m in worker.models.values()]
     post({"type": "ready", "models": models, "capabilities": caps, "version": __version__})
     return worker

@@ -9,12 +9,15 @@ from pyscript.ffi import create_proxy, to_js
 import gallery_ui
 
 BENCH_KEY = "lantern.bench"
+HISTORY_KEY = "lantern.history"
+HISTORY_SIZE = 50
 MAX_FAILED_RECOVERIES = 2
 
 models = {}  # id -> {"defaults", "resolutions", "unsuitable"} from the worker's "ready" message
 jobs = {}  # id -> {"params", "checkpoint": (step, latents) | None, "failed": int}, unfinished only
-state = {"worker": None, "next_id": 1, "png_url": None, "filename": None, "caps": None, "retry": None,
-         "bench_id": None}
+results = {}  # id -> {"url", "filename", "parameters", "timing"} for the images of the current batch
+state = {"worker": None, "next_id": 1, "selected": None, "caps": None, "retry": None, "bench_id": None,
+         "timing": {}, "touched": False}
 on_message_proxy = None
 
 
@@ -115,8 +118,9 @@ def apply_bench(result):
     el("tier").textContent = (f"Device tier: {result['tier'].upper()} — one UNet step of the {result['model']} "
                               f"bench model at {result['size']} takes {result['step_ms']:.0f} ms (runs: {runs} ms).")
     preset = result["presets"].get(el("model").value)
-    if preset:
+    if preset and not state["touched"]:  # never overwrite what the user already chose
         fill_resolutions(el("model").value, preset["resolution"], preset["steps"])
+        el("preview-every").value = str(preset["preview_every"])
 
 
 def run_bench():
@@ -150,8 +154,8 @@ def on_ready(msg):
         resolutions = [(int(m.resolutions[j][0]), int(m.resolutions[j][1])) for j in range(m.resolutions.length)]
         d = m.defaults
         models[m.id] = {"defaults": {"height": d.height, "width": d.width, "steps": d.steps},
-                        "resolutions": resolutions, "unsuitable": m.unsuitable}
-        if first:
+                        "resolutions": resolutions, "unsuitable": m.unsuitable, "pipeline": m.pipeline}
+        if first and m.pipeline == "sdxl-turbo":  # second-pass models are offered by Refine
             option = document.createElement("option")
             option.value = m.id
             option.textContent = m.name + (" (cannot run here)" if m.unsuitable else "")
@@ -199,37 +203,107 @@ def on_checkpoint(msg):
         job["failed"] = 0  # the run moved on: earlier recoveries worked
 
 
+def draw(bitmap):
+    """Show a bitmap (preview or final) scaled onto the live canvas, in place of the result image."""
+    canvas = el("preview")
+    canvas.getContext("2d").imageSmoothingEnabled = False
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height)
+    bitmap.close()
+    canvas.hidden = False
+    el("result").hidden = True
+
+
+def on_preview(msg):
+    if msg.id in jobs:
+        draw(msg.bitmap)
+
+
 def on_result(msg):
     canvas = el("preview")
     canvas.width = msg.bitmap.width
     canvas.height = msg.bitmap.height
-    canvas.getContext("2d").drawImage(msg.bitmap, 0, 0)
-    msg.bitmap.close()
-    canvas.hidden = False
+    draw(msg.bitmap)
+    state["timing"][msg.id] = (msg.timing.total_ms, msg.timing.preview_ms)
     set_status("Saving the image…", 1)
+
+
+def show_result(job_id):
+    r = results[job_id]
+    p = r["parameters"]
+    state["selected"] = job_id
+    img = el("result")
+    img.src = r["url"]
+    img.alt = "Generated image: " + p["prompt"]
+    img.hidden = False
+    el("preview").hidden = True
+    total, previews = r["timing"]
+    el("caption").textContent = (f"Seed {p['seed']} · {p['steps']} steps · {p['height']}x{p['width']} · {p['model']}"
+                                 f" · made in {total / 1000:.1f} s (previews {previews:.0f} ms)")
+    el("download").disabled = False
+    for button in el("grid").children:
+        button.setAttribute("aria-pressed", "true" if button.dataset.job == str(job_id) else "false")
 
 
 def on_png(msg):
     p = msg.parameters
-    if state["png_url"]:
-        window.URL.revokeObjectURL(state["png_url"])
     blob = window.Blob.new(to_js([msg.png]), to_js({"type": "image/png"}))
-    state["png_url"] = window.URL.createObjectURL(blob)
-    state["filename"] = msg.filename
-    img = el("result")
-    img.src = state["png_url"]
-    img.alt = "Generated image: " + p.prompt
-    img.hidden = False
-    el("preview").hidden = True
-    el("caption").textContent = f"Seed {p.seed} · {p.steps} steps · {p.height}x{p.width} · {p.model}"
-    el("download").disabled = False
+    results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename,
+                       "parameters": {"prompt": p.prompt, "seed": p.seed, "steps": p.steps, "height": p.height,
+                                      "width": p.width, "model": p.model},
+                       "timing": state["timing"].pop(msg.id, (0, 0))}
+    if msg.id in jobs and jobs[msg.id]["batch"] > 1:
+        add_to_grid(msg.id)
+    show_result(msg.id)
     finish(msg.id, "Done.")
+
+
+def add_to_grid(job_id):
+    grid = el("grid")
+    button = document.createElement("button")
+    button.type = "button"
+    button.dataset.job = str(job_id)
+    button.setAttribute("aria-label", f"Show the image with seed {results[job_id]['parameters']['seed']}")
+    thumb = document.createElement("img")
+    thumb.src = results[job_id]["url"]
+    thumb.alt = ""
+    button.appendChild(thumb)
+    button.addEventListener("click", create_proxy(lambda event: show_result(job_id)))
+    grid.appendChild(button)
+
+
+def clear_results():
+    for r in results.values():
+        window.URL.revokeObjectURL(r["url"])
+    results.clear()
+    el("grid").innerHTML = ""
 
 
 def finish(job_id, text):
     jobs.pop(job_id, None)
     el("cancel").disabled = not jobs
-    set_status(text, 1 if text == "Done." else 0)
+    render_queue()
+    if jobs and text == "Done.":
+        text = f"Done. {len(jobs)} more to go…"
+    set_status(text, 1 if text.startswith("Done.") else 0)
+
+
+def render_queue():
+    """Every unfinished request, oldest (running) first, each with its own cancel button."""
+    queue = el("queue")
+    queue.innerHTML = ""
+    for n, job_id in enumerate(sorted(jobs)):
+        p = jobs[job_id]["params"]
+        item = document.createElement("li")
+        text = document.createElement("span")
+        text.textContent = f"{'Running' if n == 0 else 'Queued'}: {p['prompt']} (seed {p['seed']})"
+        button = document.createElement("button")
+        button.type = "button"
+        button.textContent = "✕"
+        button.setAttribute("aria-label", f"Cancel request {job_id}: {p['prompt']} (seed {p['seed']})")
+        button.addEventListener("click", create_proxy(lambda event, job_id=job_id: send({"type": "cancel", "id": job_id})))
+        item.appendChild(text)
+        item.appendChild(button)
+        queue.appendChild(item)
 
 
 def on_device_lost(msg):
@@ -278,6 +352,8 @@ def on_message(event):
         on_checkpoint(msg)
     elif kind == "queued":
         set_status(f"Queued: {msg.ahead} ahead of this one…")
+    elif kind == "preview":
+        on_preview(msg)
     elif kind == "result":
         on_result(msg)
     elif kind == "png":
@@ -292,26 +368,65 @@ def on_message(event):
         gallery_ui.on_message(msg)
 
 
-def submit(params):
+def submit(params, batch=1):
     show_error("")
     set_retry(None, "")
     job_id = state["next_id"]
     state["next_id"] += 1
-    jobs[job_id] = {"params": params, "checkpoint": None, "failed": 0}
+    jobs[job_id] = {"params": params, "checkpoint": None, "failed": 0, "batch": batch}
     el("cancel").disabled = False
-    set_status("Starting…", 0)
+    render_queue()
+    if len(jobs) == 1:
+        set_status("Starting…", 0)
     send_job(job_id)
 
 
+def remember_prompt(prompt):
+    prompt = prompt.strip()
+    if not prompt:
+        return
+    stored = window.localStorage.getItem(HISTORY_KEY)
+    history = [p for p in (json.loads(stored) if stored else []) if p != prompt]
+    history = [prompt] + history[: HISTORY_SIZE - 1]
+    window.localStorage.setItem(HISTORY_KEY, json.dumps(history))
+    render_history(history)
+
+
+def render_history(history):
+    select = el("history")
+    while select.options.length > 1:
+        select.remove(1)
+    for prompt in history:
+        option = document.createElement("option")
+        option.value = option.textContent = prompt  # text, never markup
+        select.appendChild(option)
+
+
+def use_history(event):
+    if el("history").value:
+        el("prompt").value = el("history").value
+        el("history").value = ""
+
+
 def generate(event):
-    submit({
-        "prompt": el("prompt").value,
-        "seed": el("seed").value,
-        "steps": el("steps").value,
-        "resolution": el("resolution").value,
-        "model": el("model").value,
-        "autosave": gallery_ui.autosave(),
-    })
+    count_text = el("count").value.strip()
+    if not count_text.isdigit() or not 1 <= int(count_text) <= 8:
+        show_error("Images must be a whole number from 1 to 8.")
+        return
+    count = int(count_text)
+    seed = el("seed").value.strip()
+    clear_results()
+    remember_prompt(el("prompt").value)
+    for k in range(count):  # a batch takes consecutive seeds
+        submit({
+            "prompt": el("prompt").value,
+            "seed": str(int(seed) + k) if seed.isdigit() else seed,
+            "steps": el("steps").value,
+            "resolution": el("resolution").value,
+            "model": el("model").value,
+            "preview_every": el("preview-every").value,
+            "autosave": gallery_ui.autosave(),
+        }, count)
 
 
 def apply_settings(p):
@@ -330,7 +445,8 @@ def retry(event):
     params = state["retry"]
     el("model").value = params["model"]
     fill_resolutions(params["model"], params["resolution"], params["steps"])
-    submit(params)
+    clear_results()
+    submit(dict(params, preview_every=el("preview-every").value, autosave=gallery_ui.autosave()))
 
 
 def cancel(event):
@@ -343,9 +459,10 @@ def randomize(event):
 
 
 def download(event):
+    r = results[state["selected"]]
     link = document.createElement("a")
-    link.href = state["png_url"]
-    link.download = state["filename"]
+    link.href = r["url"]
+    link.download = r["filename"]
     link.click()
 
 
@@ -363,5 +480,11 @@ el("randomize").addEventListener("click", create_proxy(randomize))
 el("download").addEventListener("click", create_proxy(download))
 el("rebench").addEventListener("click", create_proxy(lambda event: run_bench()))
 el("model").addEventListener("change", create_proxy(on_model_change))
+el("history").addEventListener("change", create_proxy(use_history))
+touched_proxy = create_proxy(lambda event: state.__setitem__("touched", True))
+for field in ("steps", "resolution", "preview-every"):
+    el(field).addEventListener("input", touched_proxy)
+stored_history = window.localStorage.getItem(HISTORY_KEY)
+render_history(json.loads(stored_history) if stored_history else [])
 # Leaving the page ends the worker, which releases its GPU device and every buffer on it.
 window.addEventListener("pagehide", create_proxy(lambda event: state["worker"].terminate()))

@@ -1,0 +1,177 @@
+"""SDXL refiner: an img2img second pass over the base model's final latents.
+
+Stage by stage as in diffusers' StableDiffusionXLImg2ImgPipeline given the latents themselves as
+`image` (a 4-channel input is used as latents as it is: not encoded, not rescaled):
+encode prompt (second CLIP encoder only) -> time ids with an aesthetic score -> noise the base
+latents to the strength's starting sigma -> plain Euler steps -> decode (the same VAE as the base).
+
+Guidance is off by default (guidance_scale <= 1, as for the base); above 1 it is classifier-free
+guidance against `negative_prompt` ("" by default) and `negative_aesthetic_score`, batched as
+diffusers does (negative first).
+"""
+
+import numpy as np
+
+from .pipeline import LATENT_CHANNELS, _penultimate_hidden_state
+from .sampling import sample_euler
+from .scheduler import EulerConfig, img2img_schedule, scale_model_input
+from .seeds import refiner_noise
+from .tokenizer import ClipTokenizer, without_length_rules
+
+AESTHETIC_SCORE = 6.0  # diffusers' defaults
+NEGATIVE_AESTHETIC_SCORE = 2.5
+
+
+class SDXLRefiner:
+    """A loaded SDXL refiner bundle (text_encoder_2, tokenizer_2, unet, vae_decoder, scheduler_config.json)."""
+
+    def __init__(self, runtime, entry, tokenizer, sessions, schedule_config):
+        self.runtime = runtime
+        self.entry = entry
+        self.tokenizer = tokenizer
+        self.text_encoder_2, self.unet, self.vae_decoder = sessions
+        self.schedule_config = schedule_config
+        self.vae_scaling_factor = float(entry.get("vae_scaling_factor", 0.13025))
+        self.vae_scale_factor = int(entry.get("vae_scale_factor", 8))
+
+    @classmethod
+    async def load(cls, runtime, entry, on_stage=None):
+        async def stage(name):
+            if on_stage is not None:
+                await on_stage(name)
+
+        await stage("load tokenizer_2")
+        tok_json = await runtime.read_json("tokenizer_2/tokenizer.json")
+        config = await runtime.read_json("tokenizer_2/tokenizer_config.json")
+        tokenizer = ClipTokenizer(await runtime.tokenizer(without_length_rules(tok_json)), tok_json, config)
+        sessions = []
+        for part in ("text_encoder_2", "unet", "vae_decoder"):
+            await stage(f"load {part}")
+            sessions.append(await runtime.session(f"{part}/model.onnx"))
+        schedule_config = EulerConfig.from_dict(await runtime.read_json("scheduler_config.json"))
+        return cls(runtime, entry, tokenizer, sessions, schedule_config)
+
+    def release(self):
+        self.runtime.release()
+
+    async def encode_prompt(self, prompt):
+        """(prompt_embeds [1,77,D2], pooled text_embeds [1,P]): the refiner conditions on text_encoder_2 only."""
+        encoder = self.text_encoder_2
+        if "text_embeds" not in encoder.output_names:
+            raise ValueError("the refiner's text encoder exports no text_embeds")
+        ids = encoder.inputs["input_ids"].coerce([self.tokenizer(prompt)])
+        name = _penultimate_hidden_state(encoder.output_names)
+        out = await encoder.run({"input_ids": ids}, [name, "text_embeds"])
+        return out[name].astype(np.float32), out["text_embeds"].astype(np.float32)
+
+    @staticmethod
+    def time_ids(height, width, aesthetic_score=AESTHETIC_SCORE):
+        # original size, crop top-left, aesthetic score (the refiner has no target size).
+        return np.array([[height, width, 0, 0, aesthetic_score]], dtype=np.float32)
+
+    def schedule(self, steps, strength):
+        """(the Schedule of the steps that run, start index): see scheduler.img2img_schedule."""
+        return img2img_schedule(steps, strength, self.schedule_config)
+
+    def denoise_steps(self, steps, strength):
+        """How many UNet steps `refine` runs (callbacks see i = 0 .. this - 1)."""
+        return len(self.schedule(steps, strength)[0].timesteps)
+
+    def noise_latents(self, seed, base_latents, sigma):
+        """Euler's add_noise: base latents + the seed's refiner noise * the first sigma."""
+        base_latents = np.asarray(base_latents, dtype=np.float32)
+        return base_latents + refiner_noise(seed, base_latents.shape) * np.float32(sigma)
+
+    async def denoise(self, x, cond, schedule, uncond=None, guidance_scale=0.0, callback=None, start=0):
+        """Steps `start`.. of `schedule` (from `schedule.sigmas[0]`) from the noised latents `x`.
+
+        cond / uncond: (prompt_embeds, text_embeds, time_ids); uncond only with guidance_scale > 1.
+        """
+        guided = guidance_scale > 1.0
+        parts = zip(uncond, cond) if guided else ((c,) for c in cond)
+        embeds, pooled, time_ids = (np.concatenate(p, axis=0) for p in parts)
+        feeds = {
+            "encoder_hidden_states": self.unet.inputs["encoder_hidden_states"].coerce(embeds),
+            "text_embeds": self.unet.inputs["text_embeds"].coerce(pooled),
+            "time_ids": self.unet.inputs["time_ids"].coerce(time_ids),
+        }
+
+        async def model(x, i):
+            sigma = float(schedule.sigmas[start + i])
+            x_in = scale_model_input(x, sigma)
+            if guided:
+                x_in = np.concatenate([x_in, x_in], axis=0)
+            step_feeds = dict(
+                feeds,
+                sample=self.unet.inputs["sample"].coerce(x_in),
+                timestep=self.unet.inputs["timestep"].coerce(schedule.timesteps[start + i]),
+            )
+            eps = (await self.unet.run(step_feeds, ["out_sample"]))["out_sample"]
+            if guided:
+                eps_uncond, eps_cond = eps[:1], eps[1:]
+                eps = eps_uncond + np.float32(guidance_scale) * (eps_cond - eps_uncond)
+            return x - np.float32(sigma) * eps
+
+        async def on_step(i, x, denoised):
+            if callback is not None:
+                await callback(start + i, x, denoised)
+
+        return await sample_euler(model, x, schedule.sigmas[start:], on_step)
+
+    async def decode(self, latents):
+        """Float image [H, W, 3] in [0, 1]."""
+        feed = self.vae_decoder.inputs["latent_sample"].coerce(latents / np.float32(self.vae_scaling_factor))
+        sample = (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"]
+        return np.clip(sample[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
+
+    async def refine(
+        self,
+        prompt,
+        seed,
+        base_latents,
+        strength,
+        steps,
+        on_stage=None,
+        on_step=None,
+        *,
+        guidance_scale=0.0,
+        negative_prompt="",
+        aesthetic_score=AESTHETIC_SCORE,
+        negative_aesthetic_score=NEGATIVE_AESTHETIC_SCORE,
+        resume=None,
+    ):
+        """Refine the base run's final latents [1,4,h/8,w/8]; returns the float image [H, W, 3] in [0, 1].
+
+        Runs the last `denoise_steps(steps, strength)` steps of a `steps`-step schedule.
+        `on_step(i, x, denoised)` sees the latents after each refiner step i; `resume=(steps_done, x)`
+        continues from such a checkpoint and gives the same image as an unbroken run.
+        """
+
+        async def stage(name):
+            if on_stage is not None:
+                await on_stage(name)
+
+        base_latents = np.asarray(base_latents, dtype=np.float32)
+        if base_latents.ndim != 4 or base_latents.shape[:2] != (1, LATENT_CHANNELS):
+            raise ValueError(f"base latents must have shape [1, {LATENT_CHANNELS}, h, w], not {base_latents.shape}")
+        schedule, _ = self.schedule(steps, strength)
+        height = base_latents.shape[2] * self.vae_scale_factor
+        width = base_latents.shape[3] * self.vae_scale_factor
+
+        await stage("encode prompt")
+        embeds, pooled = await self.encode_prompt(prompt)
+        cond = (embeds, pooled, self.time_ids(height, width, aesthetic_score))
+        uncond = None
+        if guidance_scale > 1.0:
+            neg_embeds, neg_pooled = await self.encode_prompt(negative_prompt)
+            uncond = (neg_embeds, neg_pooled, self.time_ids(height, width, negative_aesthetic_score))
+
+        start = 0
+        if resume is not None:
+            start, x = resume
+        else:
+            x = self.noise_latents(seed, base_latents, schedule.sigmas[0])
+        await stage("refine")
+        x = await self.denoise(x, cond, schedule, uncond, guidance_scale, on_step, start)
+        await stage("decode")
+        return await self.decode(x)
