@@ -76,6 +76,8 @@ class EulerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "EulerConfig":
         """From a scheduler_config.json; refuses every option this module does not implement."""
+        if d.get("_class_name", "EulerDiscreteScheduler") != "EulerDiscreteScheduler":
+            raise ValueError(f"not an EulerDiscreteScheduler config: {d['_class_name']}")
         fixed = {
             "beta_schedule": "scaled_linear",
             "prediction_type": "epsilon",

@@ -2,13 +2,14 @@
 
 Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model, preview_every, autosave},
                   resume?: {step, latents (Float32Array)}}
+                 {type: "refine", id, params (the base image's), latents (its final latents), resume?}
                  {type: "cancel", id}      {type: "bench", id}
 Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "queued", id, ahead}
                  {type: "progress", id, stage, step, steps, fraction}
                  {type: "checkpoint", id, step, latents (Float32Array, transferred)}
                  {type: "preview", id, step, kind: "approx" | "vae", bitmap (ImageBitmap, transferred)}
-                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}}
+                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}, refinable}
                  {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
                  {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
                  {type: "cancelled", id}
@@ -33,17 +34,19 @@ from .device import PRESETS, default_resolution, fault_kind, lower_resolution, p
 from .manifest import bundle_sha256, models_by_id
 from .params import InputError, parse_preview_every, parse_request
 from .pipeline import SDXLTurbo, to_uint8
+from .refiner import SDXLRefiner
 from .png import encode_png
 from .preview import approximate_rgb, preview_kind
 from .runtime_web import DeviceLost, GpuOutOfMemory, WebRuntime, fetch_ok
 
 # Share of the progress bar given to each stage; denoise is split evenly between its steps.
-STAGES = {"load": (0.0, 0.25), "encode prompt": (0.25, 0.3), "denoise": (0.3, 0.9), "decode": (0.9, 1.0)}
+STAGES = {"load": (0.0, 0.25), "encode prompt": (0.25, 0.3), "denoise": (0.3, 0.9), "refine": (0.3, 0.9),
+          "decode": (0.9, 1.0)}
 
 
 def stage_fraction(stage, step, steps):
     start, end = STAGES["load" if stage.startswith("load") else stage]
-    return start + (end - start) * (step / steps if stage == "denoise" else 0.0)
+    return start + (end - start) * (step / steps if stage in ("denoise", "refine") else 0.0)
 
 
 class Cancelled(Exception):
@@ -96,6 +99,14 @@ async def capabilities() -> dict:
     return caps
 
 
+def log_models(event, model_id):
+    """Loads and releases, in order, on the worker's global: a test (or devtools) can check that
+    no two models are ever held at once."""
+    if not hasattr(js.globalThis, "lanternModels"):
+        js.globalThis.lanternModels = js.Array.new()
+    js.globalThis.lanternModels.push(f"{event} {model_id}")
+
+
 class Worker:
     def __init__(self, manifest: dict, caps: dict):
         # Each model as it will run on this device (its variant chosen by the capabilities).
@@ -111,6 +122,9 @@ class Worker:
         kind = msg.get("type")
         if kind == "generate":
             asyncio.ensure_future(self.job(msg["id"], self.generate, msg.get("params") or {}, msg.get("resume")))
+        elif kind == "refine":
+            asyncio.ensure_future(self.job(msg["id"], self.refine, msg.get("params") or {}, msg.get("resume"),
+                                           msg.get("latents")))
         elif kind == "bench":
             asyncio.ensure_future(self.job(msg["id"], self.bench))
         elif kind == "cancel":
@@ -123,11 +137,17 @@ class Worker:
             return self.loaded[1]
         if self.loaded:  # release the previous model's sessions and GPU buffers first
             self.loaded[1].release()
+            log_models("release", self.loaded[0])
             self.loaded = None
         entry = self.models[model_id]
         runtime = WebRuntime(js.URL.new(entry["base_url"], js.location.href).href, self.caps["backend"])
-        self.loaded = (model_id, await SDXLTurbo.load(runtime, entry, on_stage))
+        kind = SDXLRefiner if entry.get("pipeline") == "sdxl-refiner" else SDXLTurbo
+        log_models("load", model_id)
+        self.loaded = (model_id, await kind.load(runtime, entry, on_stage))
         return self.loaded[1]
+
+    def refiner_for(self, model_id):
+        return next((m for m, e in self.models.items() if model_id in e.get("refines", [])), None)
 
     async def job(self, job_id, work, *args):
         """Run one request in turn; every failure becomes a message and leaves the worker usable."""
@@ -179,47 +199,85 @@ class Worker:
             raise InputError(reason)
         return request
 
-    async def generate(self, job_id, raw, resume=None):
-        request = self.checked_request(raw)
-        preview_every = parse_preview_every(raw)
-        steps = request.steps
-        started = time.perf_counter()
+    def progress_reporter(self, job_id, steps, stage_name):
+        """(progress, on_step, preview_ms) callbacks shared by generate and refine."""
         preview_ms = [0.0]
+        pipe_ref = {"steps": steps}  # the refiner knows its step count only once loaded
 
         async def progress(stage, step=0):
             if job_id in self.cancelled:
                 raise Cancelled()
-            post({"type": "progress", "id": job_id, "stage": stage, "step": step, "steps": steps,
-                  "fraction": stage_fraction(stage, step, steps)})
+            n = pipe_ref["steps"]
+            post({"type": "progress", "id": job_id, "stage": stage, "step": step, "steps": n,
+                  "fraction": stage_fraction(stage, step, n)})
             await asyncio.sleep(0)
 
         async def on_step(i, x, denoised):
             latents = float32_array(x)  # the page keeps it to resume after a device loss
             post({"type": "checkpoint", "id": job_id, "step": i + 1, "latents": latents}, transfer=[latents.buffer])
-            kind = preview_kind(i + 1, steps, preview_every)
+            kind = preview_kind(i + 1, pipe_ref["steps"], pipe_ref["every"])
             if kind:
                 t0 = time.perf_counter()
+                pipe = pipe_ref["pipe"]
                 rgb = approximate_rgb(denoised, pipe.entry) if kind == "approx" else to_uint8(await pipe.decode(denoised))
                 bitmap = await image_bitmap(rgb)
                 post({"type": "preview", "id": job_id, "step": i + 1, "kind": kind, "bitmap": bitmap}, transfer=[bitmap])
                 preview_ms[0] += (time.perf_counter() - t0) * 1000
-            await progress("denoise", i + 1)
+            await progress(stage_name, i + 1)
 
+        return progress, on_step, preview_ms, pipe_ref
+
+    async def generate(self, job_id, raw, resume=None):
+        request = self.checked_request(raw)
+        if self.models[request.model].get("pipeline") == "sdxl-refiner":
+            raise InputError(f"{self.models[request.model]['name']} refines images; choose a base model to generate.")
+        started = time.perf_counter()
+        progress, on_step, preview_ms, pipe_ref = self.progress_reporter(job_id, request.steps, "denoise")
+        pipe_ref["every"] = parse_preview_every(raw)
         await progress("load")
-        pipe = await self.pipeline(request.model, progress)
+        pipe = pipe_ref["pipe"] = await self.pipeline(request.model, progress)
         if resume:
             latents = np.asarray(resume["latents"], np.float32).reshape(pipe.latent_shape(request.height, request.width))
             resume = (int(resume["step"]), latents)
-        image = await pipe.generate(request.prompt, request.seed, steps, request.height, request.width,
+        image = await pipe.generate(request.prompt, request.seed, request.steps, request.height, request.width,
                                     on_stage=progress, on_step=on_step, resume=resume)
+        parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
+                          app_version=__version__)
+        await self.deliver(job_id, image, parameters, request, started, preview_ms[0], raw,
+                           refinable=self.refiner_for(request.model) is not None)
+
+    async def refine(self, job_id, raw, resume, base_latents):
+        """The refiner's img2img pass over a base result's final latents (sent back by the page)."""
+        request = self.checked_request(raw)
+        refiner_id = self.refiner_for(request.model)
+        if refiner_id is None or base_latents is None:
+            raise InputError(f"There is no refiner for {self.models[request.model]['name']}.")
+        entry = self.models[refiner_id]
+        strength, steps = float(entry["defaults"]["strength"]), int(entry["defaults"]["steps"])
+        started = time.perf_counter()
+        shape = (1, 4, request.height // 8, request.width // 8)
+        base = np.asarray(base_latents, np.float32).reshape(shape)
+        progress, on_step, preview_ms, pipe_ref = self.progress_reporter(job_id, steps, "refine")
+        pipe_ref["every"] = parse_preview_every(raw)
+        await progress("load")
+        pipe = pipe_ref["pipe"] = await self.pipeline(refiner_id, progress)  # releases the base model first
+        pipe_ref["steps"] = pipe.denoise_steps(steps, strength)
+        if resume:
+            resume = (int(resume["step"]), np.asarray(resume["latents"], np.float32).reshape(shape))
+        image = await pipe.refine(request.prompt, request.seed, base, strength, steps, on_stage=progress,
+                                  on_step=on_step, resume=resume)
+        parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
+                          refiner=refiner_id, refiner_sha256=bundle_sha256(entry), refiner_strength=strength,
+                          refiner_steps=steps, app_version=__version__)
+        await self.deliver(job_id, image, parameters, request, started, preview_ms[0], raw, refinable=False)
+
+    async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw, refinable):
+        """The finished image: pixels first as an ImageBitmap, then the PNG (slow to encode when large)."""
         rgb = to_uint8(image)
-        entry = self.models[request.model]
-        parameters = dict(request.as_dict(), model_sha256=bundle_sha256(entry), app_version=__version__)
-        # Show the pixels first; the PNG (slow to encode at large sizes) follows.
         bitmap = await image_bitmap(rgb)
-        timing = {"total_ms": (time.perf_counter() - started) * 1000, "preview_ms": preview_ms[0]}
-        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"], "timing": timing},
-             transfer=[bitmap])
+        timing = {"total_ms": (time.perf_counter() - started) * 1000, "preview_ms": preview_ms}
+        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"], "timing": timing,
+              "refinable": refinable}, transfer=[bitmap])
         png = encode_png(rgb, parameters)
         png_js = js.Uint8Array.new(len(png))
         png_js.assign(png)

@@ -65,6 +65,9 @@ def send(message):
 def send_job(job_id):
     job = jobs[job_id]
     message = {"type": "generate", "id": job_id, "params": job["params"]}
+    if job.get("base_latents") is not None:
+        message["type"] = "refine"
+        message["latents"] = job["base_latents"]
     if job["checkpoint"]:
         step, latents = job["checkpoint"]
         message["resume"] = {"step": step, "latents": latents}
@@ -189,6 +192,8 @@ STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Encoding the pro
 def on_progress(msg):
     if msg.stage == "denoise":
         text = f"Denoising: step {msg.step} of {msg.steps}…" if msg.step else "Denoising…"
+    elif msg.stage == "refine":
+        text = f"Refining: step {msg.step} of {msg.steps}…" if msg.step else "Refining…"
     elif msg.stage.startswith("load "):
         text = f"Loading the model ({msg.stage[5:]})…"
     else:
@@ -215,7 +220,11 @@ def draw(bitmap):
 
 def on_preview(msg):
     if msg.id in jobs:
+        canvas = el("preview")
+        canvas.width, canvas.height = jobs[msg.id]["size"]
         draw(msg.bitmap)
+        how = "fast approximation" if msg.kind == "approx" else "decoded"
+        el("preview-label").textContent = f"Preview after step {msg.step} ({how})"
 
 
 def on_result(msg):
@@ -223,7 +232,8 @@ def on_result(msg):
     canvas.width = msg.bitmap.width
     canvas.height = msg.bitmap.height
     draw(msg.bitmap)
-    state["timing"][msg.id] = (msg.timing.total_ms, msg.timing.preview_ms)
+    el("preview-label").textContent = ""
+    state["timing"][msg.id] = (msg.timing.total_ms, msg.timing.preview_ms, bool(msg.refinable))
     set_status("Saving the image…", 1)
 
 
@@ -236,7 +246,8 @@ def show_result(job_id):
     img.alt = "Generated image: " + p["prompt"]
     img.hidden = False
     el("preview").hidden = True
-    total, previews = r["timing"]
+    total, previews, refinable = r["timing"]
+    el("refine").disabled = not (refinable and r.get("latents") is not None)
     el("caption").textContent = (f"Seed {p['seed']} · {p['steps']} steps · {p['height']}x{p['width']} · {p['model']}"
                                  f" · made in {total / 1000:.1f} s (previews {previews:.0f} ms)")
     el("download").disabled = False
@@ -250,7 +261,9 @@ def on_png(msg):
     results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename,
                        "parameters": {"prompt": p.prompt, "seed": p.seed, "steps": p.steps, "height": p.height,
                                       "width": p.width, "model": p.model},
-                       "timing": state["timing"].pop(msg.id, (0, 0))}
+                       "timing": state["timing"].pop(msg.id, (0, 0, False))}
+    if msg.id in jobs and jobs[msg.id]["checkpoint"]:
+        results[msg.id]["latents"] = jobs[msg.id]["checkpoint"][1]  # the final latents, for Refine
     if msg.id in jobs and jobs[msg.id]["batch"] > 1:
         add_to_grid(msg.id)
     show_result(msg.id)
@@ -279,12 +292,21 @@ def clear_results():
 
 
 def finish(job_id, text):
-    jobs.pop(job_id, None)
+    if job_id not in jobs:  # e.g. a queued request the page already dropped
+        return
+    jobs.pop(job_id)
     el("cancel").disabled = not jobs
     render_queue()
     if jobs and text == "Done.":
         text = f"Done. {len(jobs)} more to go…"
     set_status(text, 1 if text.startswith("Done.") else 0)
+
+
+def cancel_job(job_id):
+    send({"type": "cancel", "id": job_id})
+    if job_id != min(jobs):  # not started yet: gone from the queue at once
+        jobs.pop(job_id, None)
+        render_queue()
 
 
 def render_queue():
@@ -300,7 +322,7 @@ def render_queue():
         button.type = "button"
         button.textContent = "✕"
         button.setAttribute("aria-label", f"Cancel request {job_id}: {p['prompt']} (seed {p['seed']})")
-        button.addEventListener("click", create_proxy(lambda event, job_id=job_id: send({"type": "cancel", "id": job_id})))
+        button.addEventListener("click", create_proxy(lambda event, job_id=job_id: cancel_job(job_id)))
         item.appendChild(text)
         item.appendChild(button)
         queue.appendChild(item)
@@ -368,17 +390,30 @@ def on_message(event):
         gallery_ui.on_message(msg)
 
 
-def submit(params, batch=1):
+def submit(params, batch=1, base_latents=None):
     show_error("")
     set_retry(None, "")
     job_id = state["next_id"]
     state["next_id"] += 1
-    jobs[job_id] = {"params": params, "checkpoint": None, "failed": 0, "batch": batch}
+    h, w = (params["resolution"].split("x") + ["64"])[:2]
+    size = (int(w), int(h)) if h.isdigit() and w.isdigit() else (64, 64)
+    jobs[job_id] = {"params": params, "checkpoint": None, "failed": 0, "batch": batch, "size": size,
+                    "base_latents": base_latents}
     el("cancel").disabled = False
     render_queue()
     if len(jobs) == 1:
         set_status("Starting…", 0)
     send_job(job_id)
+
+
+def refine(event):
+    r = results[state["selected"]]
+    p = r["parameters"]
+    params = {"prompt": p["prompt"], "seed": str(p["seed"]), "steps": str(p["steps"]),
+              "resolution": f"{p['height']}x{p['width']}", "model": p["model"],
+              "preview_every": el("preview-every").value, "autosave": gallery_ui.autosave()}
+    el("refine").disabled = True
+    submit(params, base_latents=r["latents"])
 
 
 def remember_prompt(prompt):
@@ -478,6 +513,7 @@ el("cancel").addEventListener("click", create_proxy(cancel))
 el("retry").addEventListener("click", create_proxy(retry))
 el("randomize").addEventListener("click", create_proxy(randomize))
 el("download").addEventListener("click", create_proxy(download))
+el("refine").addEventListener("click", create_proxy(refine))
 el("rebench").addEventListener("click", create_proxy(lambda event: run_bench()))
 el("model").addEventListener("change", create_proxy(on_model_change))
 el("history").addEventListener("change", create_proxy(use_history))

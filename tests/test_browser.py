@@ -128,7 +128,7 @@ def test_cancel_stops_the_run_and_the_next_one_succeeds(app):
     fill(app, seed="9", steps="4")
     app.get_by_role("button", name="Generate").click()
     expect(app.get_by_role("status")).to_contain_text("Denoising", timeout=RUN_TIMEOUT_MS)
-    app.get_by_role("button", name="Cancel").click()
+    app.get_by_role("button", name="Cancel", exact=True).click()
     expect(app.get_by_role("status")).to_have_text("Cancelled.", timeout=RUN_TIMEOUT_MS)
     fill(app, seed="9", steps="1")
     name, png = generate_and_download(app)
