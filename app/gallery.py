@@ -175,7 +175,6 @@ def as_bytes(value):
 _lock = asyncio.Lock()  # one store operation at a time: listing never sees a half-made image
 _records = {}  # key -> record; records never change once written, so they are read once
 _thumbs = {}  # key -> thumbnail bytes, for the same reason
-_folder_handle = None
 
 
 def _options(**values):
@@ -194,13 +193,11 @@ def _js_bytes(data: bytes):
 
 
 async def _folder():
-    global _folder_handle
-    if _folder_handle is None:
-        import js
+    # Looked up each time, not kept: a handle to a folder removed meanwhile (site data cleared) fails.
+    import js
 
-        root = await js.navigator.storage.getDirectory()
-        _folder_handle = await root.getDirectoryHandle(FOLDER, _options(create=True))
-    return _folder_handle
+    root = await js.navigator.storage.getDirectory()
+    return await root.getDirectoryHandle(FOLDER, _options(create=True))
 
 
 async def _write(folder, name: str, data: bytes):

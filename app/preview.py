@@ -30,3 +30,10 @@ def preview_kind(step: int, steps: int, every: int) -> str | None:
     if every <= 0 or step >= steps or step % every:
         return None
     return "vae" if (step // every) % VAE_EVERY == 0 else "approx"
+
+
+def half_size(latents: np.ndarray) -> np.ndarray:
+    """Latents averaged over 2x2 blocks (odd edges dropped), for a cheaper preview decode."""
+    b, c, h, w = latents.shape
+    h2, w2 = h // 2, w // 2
+    return latents[:, :, : h2 * 2, : w2 * 2].reshape(b, c, h2, 2, w2, 2).mean(axis=(3, 5))

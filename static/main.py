@@ -259,7 +259,7 @@ def on_png(msg):
     p = msg.parameters
     blob = window.Blob.new(to_js([msg.png]), to_js({"type": "image/png"}))
     results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename,
-                       "parameters": {"prompt": p.prompt, "seed": p.seed, "steps": p.steps, "height": p.height,
+                       "parameters": {"prompt": p.prompt, "seed": msg.seed_text, "steps": p.steps, "height": p.height,
                                       "width": p.width, "model": p.model},
                        "timing": state["timing"].pop(msg.id, (0, 0, False))}
     if msg.id in jobs and jobs[msg.id]["checkpoint"]:

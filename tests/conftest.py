@@ -97,6 +97,7 @@ def app(browser, server):
     page.on("console", lambda m: page.console_messages.append(m.text))
     page.goto(server)
     page.get_by_role("status").filter(has_text="Ready").wait_for(timeout=BOOT_TIMEOUT_MS)
+    page.boot_status = page.get_by_role("status").text_content()
     page.requests = requests
     page.server = server
     yield page

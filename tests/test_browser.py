@@ -39,7 +39,7 @@ def generate_and_download(page):
 
 
 def test_page_boots_offline_on_webgpu(app):
-    expect(app.get_by_role("status")).to_have_text("Ready (webgpu).")
+    assert app.boot_status == "Ready (webgpu)."
     assert app.requests, "no request was recorded"
     foreign = [u for u in app.requests if not u.startswith((app.server, "blob:", "data:"))]
     assert foreign == []

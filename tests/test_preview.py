@@ -1,6 +1,6 @@
 import numpy as np
 
-from app.preview import approximate_rgb, preview_kind
+from app.preview import approximate_rgb, half_size, preview_kind
 
 
 def test_preview_cadence():
@@ -19,3 +19,10 @@ def test_approximate_preview_is_a_linear_map_of_the_latents():
     assert (rgb[..., 0] == 191).all() and (rgb[..., 1] == 128).all() and (rgb[..., 2] == 64).all()
     default = approximate_rgb(latents, {})
     assert not np.array_equal(default, rgb)
+
+
+def test_half_size_averages_2x2_blocks():
+    x = np.arange(2 * 4 * 4 * 6, dtype=np.float32).reshape(2, 4, 4, 6)
+    small = half_size(x)
+    assert small.shape == (2, 4, 2, 3)
+    assert small[1, 2, 1, 2] == x[1, 2, 2:4, 4:6].mean()

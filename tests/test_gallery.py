@@ -1,0 +1,150 @@
+"""The gallery's plain logic on CPython: records, search and order, thumbnails, names, refusals."""
+
+import asyncio
+import io
+import json
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from app import gallery
+from app.png import encode_png
+
+PARAMS = {"prompt": "A Lighthouse at dusk", "seed": 4294967295, "steps": 2, "height": 64, "width": 96,
+          "model": "tiny-sdxl-turbo", "model_sha256": "ab" * 32, "app_version": "0.1.0"}
+CREATED = 1_764_000_000_123  # 2025-11-24 16:00:00.123 UTC
+
+
+def record(prompt, created, token="abcdef", **changes):
+    key = gallery.new_key(created, token)
+    return gallery.make_record(key, created, dict(PARAMS, prompt=prompt, **changes))
+
+
+def lantern_png(parameters=PARAMS, size=(64, 96)):
+    return encode_png(np.full((*size, 3), 128, np.uint8), parameters)
+
+
+def plain_png(text=None):
+    info = PngImagePlugin.PngInfo()
+    if text is not None:
+        info.add_text(*text)
+    out = io.BytesIO()
+    Image.new("RGB", (20, 10), "red").save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def test_keys_sort_by_creation_and_are_checked():
+    key = gallery.new_key(CREATED, "0a1b2c")
+    assert key == "1764000000123-0a1b2c" and gallery.valid_key(key)
+    assert gallery.new_key(5, "000000") < gallery.new_key(CREATED, "000000")
+    for bad in ("", "../index", "1764000000123-0A1B2C", "1764000000123-0a1b2c.png", None, 5):
+        assert not gallery.valid_key(bad)
+
+
+def test_records_round_trip_and_broken_ones_are_skipped():
+    r = record("a cat", CREATED)
+    assert gallery.parse_record(json.dumps(r)) == r
+    assert gallery.parse_record(b"{\"key\": \"1764000000123-abcd") is None  # torn write
+    assert gallery.parse_record(b"\xff\xfe") is None
+    assert gallery.parse_record("[]") is None
+    assert gallery.parse_record(json.dumps(dict(r, key="evil/../x"))) is None
+    assert gallery.parse_record(json.dumps(dict(r, created="yesterday"))) is None
+    missing_seed = dict(r, parameters={k: v for k, v in r["parameters"].items() if k != "seed"})
+    assert gallery.parse_record(json.dumps(missing_seed)) is None
+
+
+def test_parameters_need_every_setting_with_its_type():
+    assert gallery.checked_parameters(PARAMS) is PARAMS
+    assert gallery.checked_parameters(dict(PARAMS, steps="2")) is None
+    assert gallery.checked_parameters(dict(PARAMS, seed=True)) is None
+    assert gallery.checked_parameters(dict(PARAMS, prompt=None)) is None
+    assert gallery.checked_parameters(["prompt"]) is None
+
+
+def test_select_filters_by_prompt_in_any_case_newest_first():
+    records = [record("a Red fox", CREATED), record("blue whale", CREATED + 2000),
+               record("RED panda", CREATED + 1000), record("red panda", CREATED + 1000, token="ffffff")]
+    chosen, total = gallery.select(records, "")
+    assert [r["created"] for r in chosen] == [CREATED + 2000, CREATED + 1000, CREATED + 1000, CREATED]
+    assert chosen[1]["key"].endswith("ffffff")  # same millisecond: still a stable order
+    chosen, total = gallery.select(records, "  red ")
+    assert [r["parameters"]["prompt"] for r in chosen] == ["red panda", "RED panda", "a Red fox"] and total == 3
+    assert gallery.select(records, "STRASSE") == ([], 0)
+    assert gallery.select([record("Straße", CREATED)], "STRASSE")[1] == 1  # casefold, not just lower
+    chosen, total = gallery.select(records, "", limit=2)
+    assert len(chosen) == 2 and total == 4
+
+
+def test_download_name_matches_the_main_download():
+    assert gallery.download_name(PARAMS, CREATED) == "tiny-sdxl-turbo_20251124-160000_4294967295.png"
+
+
+def test_entries_carry_the_settings_with_the_seed_as_text():
+    r = record("<b>x</b>", CREATED)
+    e = gallery.entry(r)
+    assert e == {"key": r["key"], "prompt": "<b>x</b>", "seed": "4294967295", "steps": 2, "height": 64, "width": 96,
+                 "model": "tiny-sdxl-turbo", "filename": "tiny-sdxl-turbo_20251124-160000_4294967295.png"}
+
+
+def test_thumbnail_is_small_png_with_the_aspect_kept():
+    thumb = gallery.make_thumbnail(lantern_png(size=(512, 256)))
+    with Image.open(io.BytesIO(thumb)) as img:
+        assert img.format == "PNG" and img.size == (64, 128)
+    with Image.open(io.BytesIO(gallery.make_thumbnail(lantern_png(size=(64, 96))))) as img:
+        assert img.size == (96, 64)  # never enlarged
+
+
+def test_settings_come_back_from_a_lantern_png():
+    settings, message = gallery.settings_from_png(lantern_png())
+    assert message == ""
+    assert settings == {"prompt": "A Lighthouse at dusk", "seed": "4294967295", "steps": 2, "height": 64, "width": 96,
+                        "model": "tiny-sdxl-turbo"}
+
+
+def test_other_files_are_refused_politely():
+    assert gallery.settings_from_png(plain_png()) == (None, gallery.NOT_LANTERN)
+    assert gallery.settings_from_png(plain_png(("parameters", "from another tool"))) == (None, gallery.NOT_LANTERN)
+    assert gallery.NOT_LANTERN == "This PNG was not made by Lantern, so it has no settings to restore."
+    assert gallery.settings_from_png(b"GIF89a....") == (None, gallery.NOT_PNG)
+    assert gallery.settings_from_png(b"") == (None, gallery.NOT_PNG)
+    assert gallery.settings_from_png(plain_png()[:40]) == (None, gallery.NOT_PNG)  # truncated
+    assert gallery.settings_from_png(plain_png(("lantern", "{not json"))) == (None, gallery.DAMAGED)
+    assert gallery.settings_from_png(plain_png(("lantern", json.dumps({"prompt": "x"})))) == (None, gallery.DAMAGED)
+
+
+def test_orphans_are_leftovers_of_interrupted_saves_old_enough():
+    old, new = gallery.new_key(CREATED, "aaaaaa"), gallery.new_key(CREATED + 1000, "bbbbbb")
+    kept = gallery.new_key(CREATED - 5000, "cccccc")
+    names = [f"{old}.png", f"{old}.thumb.png", f"{new}.png", f"{kept}.png", f"{kept}.thumb.png", f"{kept}.json",
+             "notes.txt"]
+    now = CREATED + gallery.ORPHAN_GRACE_MS + 500
+    assert gallery.orphans(names, now) == [f"{old}.png", f"{old}.thumb.png"]  # `new` may still be saving
+
+
+def test_messages_for_storage_failures_say_what_to_do():
+    class QuotaExceededError(Exception):
+        pass
+    assert "Delete some images" in gallery.storage_message(QuotaExceededError("full"))
+    assert "could not be read or written: boom" in gallery.storage_message(OSError("boom"))
+
+
+def test_bytes_from_page_messages():
+    assert gallery.as_bytes(memoryview(b"abc")) == b"abc"
+    assert gallery.as_bytes(None) == b""
+
+
+def test_reading_a_dropped_png_posts_its_settings_without_storage():
+    posted = []
+    asyncio.run(gallery.handle({"type": "gallery-read", "png": memoryview(lantern_png())},
+                               lambda m, transfer=(): posted.append(m)))
+    assert posted == [{"type": "gallery-settings", "parameters": gallery.page_settings(PARAMS), "message": ""}]
+    posted.clear()
+    asyncio.run(gallery.handle({"type": "gallery-read", "png": memoryview(plain_png())},
+                               lambda m, transfer=(): posted.append(m)))
+    assert posted == [{"type": "gallery-settings", "parameters": {}, "message": gallery.NOT_LANTERN}]
+
+
+def test_bad_keys_are_answered_without_touching_storage():
+    posted = []
+    asyncio.run(gallery.handle({"type": "gallery-delete", "key": "../../etc"}, lambda m, transfer=(): posted.append(m)))
+    assert posted == [{"type": "gallery-error", "key": "../../etc", "message": gallery.MISSING}]
