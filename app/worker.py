@@ -112,7 +112,7 @@ class Worker:
         # Each model as it will run on this device (its variant chosen by the capabilities).
         self.models = {m: pick_variant(e, caps) for m, e in models_by_id(manifest).items()}
         self.caps = caps
-        self.loaded = None  # (model id, SDXLTurbo): one model at a time
+        self.loaded = None  # (model id, SDXLTurbo or SDXLRefiner): one model at a time
         self.lock = asyncio.Lock()
         self.cancelled = set()
         self.waiting = []
@@ -179,7 +179,7 @@ class Worker:
         if kind == "device-lost":
             message["message"] = "The GPU stopped responding (device lost). Recovering and resuming…"
         elif kind == "oom" and params:
-            message["message"] = ("The GPU ran out of memory. Try a lower resolution or fewer steps, "
+            message["message"] = ("The GPU ran out of memory. Try a lower resolution, fewer steps or fewer previews, "
                                   "or close other tabs that use the GPU.")
             try:
                 request = parse_request(params, self.models)

@@ -17,7 +17,7 @@ models = {}  # id -> {"defaults", "resolutions", "unsuitable"} from the worker's
 jobs = {}  # id -> {"params", "checkpoint": (step, latents) | None, "failed": int}, unfinished only
 results = {}  # id -> {"url", "filename", "parameters", "timing"} for the images of the current batch
 state = {"worker": None, "next_id": 1, "selected": None, "caps": None, "retry": None, "bench_id": None,
-         "timing": {}, "touched": False}
+         "timing": {}, "touched": False, "generation": 0}
 on_message_proxy = None
 
 
@@ -45,6 +45,7 @@ def set_retry(params, label):
 
 
 def start_worker():
+    state["generation"] += 1  # which worker a request was sent to: a replacement gets only the others
     worker = window.Worker.new("./worker.mjs", to_js({"type": "module"}))
     worker.addEventListener("message", on_message_proxy)
     state["worker"] = worker
@@ -64,6 +65,7 @@ def send(message):
 
 def send_job(job_id):
     job = jobs[job_id]
+    job["generation"] = state["generation"]
     message = {"type": "generate", "id": job_id, "params": job["params"]}
     if job.get("base_latents") is not None:
         message["type"] = "refine"
@@ -183,7 +185,8 @@ def on_ready(msg):
         if state["bench_id"]:
             run_bench()
         for job_id in sorted(jobs):
-            send_job(job_id)
+            if jobs[job_id].get("generation") != state["generation"]:
+                send_job(job_id)
 
 
 STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Encoding the prompt…", "decode": "Decoding the image…"}
@@ -228,6 +231,8 @@ def on_preview(msg):
 
 
 def on_result(msg):
+    if msg.id not in jobs:
+        return
     canvas = el("preview")
     canvas.width = msg.bitmap.width
     canvas.height = msg.bitmap.height

@@ -126,7 +126,8 @@ def test_switching_models_leaves_no_growth_in_gpu_buffers(browser, server):
 
     def manifest(route):
         body = json.loads(route.fetch().text())
-        copy = dict(body["models"][0], id="tiny-copy", name="Tiny copy", bench=False)
+        base = next(m for m in body["models"] if m["id"] == "tiny-sdxl-turbo")
+        copy = dict(base, id="tiny-copy", name="Tiny copy", bench=False)
         route.fulfill(json={"models": body["models"] + [copy]})
 
     context.route("**/models_manifest.json", manifest)

@@ -1,6 +1,5 @@
 """The gallery's plain logic on CPython: records, search and order, thumbnails, names, refusals."""
 
-import asyncio
 import io
 import json
 
@@ -9,6 +8,7 @@ from PIL import Image, PngImagePlugin
 
 from app import gallery
 from app.png import encode_png
+from conftest import run
 
 PARAMS = {"prompt": "A Lighthouse at dusk", "seed": 4294967295, "steps": 2, "height": 64, "width": 96,
           "model": "tiny-sdxl-turbo", "model_sha256": "ab" * 32, "app_version": "0.1.0"}
@@ -135,16 +135,16 @@ def test_bytes_from_page_messages():
 
 def test_reading_a_dropped_png_posts_its_settings_without_storage():
     posted = []
-    asyncio.run(gallery.handle({"type": "gallery-read", "png": memoryview(lantern_png())},
+    run(gallery.handle({"type": "gallery-read", "png": memoryview(lantern_png())},
                                lambda m, transfer=(): posted.append(m)))
     assert posted == [{"type": "gallery-settings", "parameters": gallery.page_settings(PARAMS), "message": ""}]
     posted.clear()
-    asyncio.run(gallery.handle({"type": "gallery-read", "png": memoryview(plain_png())},
+    run(gallery.handle({"type": "gallery-read", "png": memoryview(plain_png())},
                                lambda m, transfer=(): posted.append(m)))
     assert posted == [{"type": "gallery-settings", "parameters": {}, "message": gallery.NOT_LANTERN}]
 
 
 def test_bad_keys_are_answered_without_touching_storage():
     posted = []
-    asyncio.run(gallery.handle({"type": "gallery-delete", "key": "../../etc"}, lambda m, transfer=(): posted.append(m)))
+    run(gallery.handle({"type": "gallery-delete", "key": "../../etc"}, lambda m, transfer=(): posted.append(m)))
     assert posted == [{"type": "gallery-error", "key": "../../etc", "message": gallery.MISSING}]
