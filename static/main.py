@@ -326,7 +326,10 @@ def render_queue():
         button = document.createElement("button")
         button.type = "button"
         button.textContent = "✕"
-        button.setAttribute("aria-label", f"Cancel request {job_id}: {p['prompt']} (seed {p['seed']})")
+        # Named without the prompt (a prompt's words must not make this a "Prompt" control); described by it.
+        text.id = f"queue-item-{job_id}"
+        button.setAttribute("aria-label", f"Cancel request {job_id}")
+        button.setAttribute("aria-describedby", text.id)
         button.addEventListener("click", create_proxy(lambda event, job_id=job_id: cancel_job(job_id)))
         item.appendChild(text)
         item.appendChild(button)
