@@ -11,7 +11,7 @@ import numpy as np
 from .sampling import sample_euler_ancestral
 from .scheduler import ScheduleConfig, make_schedule, scale_model_input
 from .seeds import seeded_noise
-from .tokenizer import ClipTokenizer, without_length_rules
+from .tokenizer import load_clip_tokenizer
 
 LATENT_CHANNELS = 4
 
@@ -47,10 +47,7 @@ class SDXLTurbo:
         tokenizers = []
         for folder in ("tokenizer", "tokenizer_2"):
             await stage(f"load {folder}")
-            tok_json = await runtime.read_json(f"{folder}/tokenizer.json")
-            config = await runtime.read_json(f"{folder}/tokenizer_config.json")
-            encode = await runtime.tokenizer(without_length_rules(tok_json))
-            tokenizers.append(ClipTokenizer(encode, tok_json, config))
+            tokenizers.append(await load_clip_tokenizer(runtime, folder))
         sessions = []
         for part in ("text_encoder", "text_encoder_2", "unet", "vae_decoder"):
             await stage(f"load {part}")

@@ -16,7 +16,7 @@ from .pipeline import LATENT_CHANNELS, _penultimate_hidden_state
 from .sampling import sample_euler
 from .scheduler import EulerConfig, img2img_schedule, scale_model_input
 from .seeds import refiner_noise
-from .tokenizer import ClipTokenizer, without_length_rules
+from .tokenizer import load_clip_tokenizer
 
 AESTHETIC_SCORE = 6.0  # diffusers' defaults
 NEGATIVE_AESTHETIC_SCORE = 2.5
@@ -41,9 +41,7 @@ class SDXLRefiner:
                 await on_stage(name)
 
         await stage("load tokenizer_2")
-        tok_json = await runtime.read_json("tokenizer_2/tokenizer.json")
-        config = await runtime.read_json("tokenizer_2/tokenizer_config.json")
-        tokenizer = ClipTokenizer(await runtime.tokenizer(without_length_rules(tok_json)), tok_json, config)
+        tokenizer = await load_clip_tokenizer(runtime, "tokenizer_2")
         sessions = []
         for part in ("text_encoder_2", "unet", "vae_decoder"):
             await stage(f"load {part}")

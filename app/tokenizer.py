@@ -28,3 +28,10 @@ class ClipTokenizer:
             # Keep the start token and the first tokens, and keep the end token last.
             ids = ids[: self.max_length - 1] + ids[-1:]
         return ids + [self.pad_id] * (self.max_length - len(ids))
+
+
+async def load_clip_tokenizer(runtime, folder: str) -> ClipTokenizer:
+    """The tokenizer in a bundle folder (tokenizer.json + tokenizer_config.json), through the runtime's BPE."""
+    tok_json = await runtime.read_json(f"{folder}/tokenizer.json")
+    config = await runtime.read_json(f"{folder}/tokenizer_config.json")
+    return ClipTokenizer(await runtime.tokenizer(without_length_rules(tok_json)), tok_json, config)
