@@ -14,7 +14,7 @@ Writes:
     models/tiny-sdxl-turbo/
         text_encoder/model.onnx        CLIPTextModel            input_ids int64 [b,77]
         text_encoder_2/model.onnx      CLIPTextModelWithProjection input_ids int32 [b,77]
-        unet/model.onnx                UNet2DConditionModel (text_time)
+        unet/model.onnx (+ model.onnx_data) UNet2DConditionModel (text_time), weights as external data
         vae_decoder/model.onnx         AutoencoderKL post_quant_conv + decoder
         tokenizer/, tokenizer_2/       tokenizer.json + tokenizer_config.json (CLIP BPE)
         scheduler_config.json          sdxl-turbo EulerAncestralDiscreteScheduler
@@ -417,7 +417,12 @@ def export_onnx(te1, te2, unet, vae) -> None:
         model.doc_string = ""
         for node in model.graph.node:
             node.doc_string = ""
-        onnx.save(model, path)
+        if os.path.basename(os.path.dirname(path)) == "unet":
+            # Weights in a separate file, like the real UNet (whose 10.3 GB must be loaded in chunks).
+            onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                      location="model.onnx_data", size_threshold=1024)
+        else:
+            onnx.save(model, path)
 
     ids = torch.full((1, MAX_LEN), EOS_ID, dtype=torch.int64)
     ids[0, 0] = BOS_ID
