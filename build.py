@@ -4,6 +4,7 @@
 What goes in, and where it lands in the site:
 
   static/**                 -> copied to the site root (index.html, *.py, *.mjs, *.css, ...)
+  static/sw.js              -> sw.js with the build's version and precache list filled in
   app/**/*.py               -> app.zip, entries "app/...", byte-for-byte reproducible
   models_manifest/*.json    -> models_manifest.json, {"models": [...]} sorted by file name
   pyproject.toml            -> build-info.json (app version) together with the pins below
@@ -387,14 +388,29 @@ def app_zip(root: Path) -> bytes:
 
 
 def models_manifest(root: Path) -> bytes:
-    """All models_manifest/*.json objects as {"models": [...]}, ordered by file name."""
+    """The models_manifest/<id>.json entries as {"schema": 1, "models": [...]}, ordered by file name.
+    An entry the app would reject is left out with a warning, so one unfinished entry (say, sizes
+    not yet filled in) does not stop the build."""
+    from app.manifest import SCHEMA, model_problems
+
     models = []
     for path in sorted((root / "models_manifest").glob("*.json")):
+        if path.name == "schema.json":
+            continue
         try:
-            models.append(json.loads(path.read_text(encoding="utf-8")))
+            entry = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise BuildError(f"{path} is not valid JSON: {exc}") from None
-    return to_json({"models": models})
+        problems = model_problems(entry)
+        if problems:
+            more = f" ({len(problems) - 3} more problems.)" if len(problems) > 3 else ""
+            print(f"warning: left {path.name} out of the site. {' '.join(problems[:3])}{more} "
+                  "If only sizes or sha256 are missing, run: "
+                  f"python models_manifest/refresh.py models_manifest/{path.name}",
+                  file=sys.stderr)
+            continue
+        models.append(entry)
+    return to_json({"schema": SCHEMA, "models": models})
 
 
 def build_info(version: str, lock: dict, wheels: list[Wheel], app: bytes) -> bytes:
@@ -407,6 +423,25 @@ def build_info(version: str, lock: dict, wheels: list[Wheel], app: bytes) -> byt
             w.name: {"version": w.version, "file_name": w.file_name, "sha256": w.sha256} for w in wheels
         },
     })
+
+
+SERVICE_WORKER = "sw.js"
+SW_BUILD_LINE = 'const BUILD = {"version": "unbuilt", "files": {}};'
+
+
+def service_worker(site: dict[str, bytes], template: bytes) -> bytes:
+    """sw.js for this site: the template with the build's version and its precache list.
+
+    Every other file of the site is precached under its content hash; the version hashes them
+    all, so any change to the site changes sw.js, which is how browsers learn of a new build.
+    """
+    files = {rel: sha256_hex(data)[:16] for rel, data in sorted(site.items()) if rel != SERVICE_WORKER}
+    version = sha256_hex("".join(f"{rel} {h}\n" for rel, h in files.items()).encode())[:16]
+    text = template.decode("utf-8")
+    if text.count(SW_BUILD_LINE) != 1:
+        raise BuildError(f"static/{SERVICE_WORKER} must hold the line {SW_BUILD_LINE} once")
+    line = "const BUILD = " + json.dumps({"version": version, "files": files}, separators=(",", ":")) + ";"
+    return text.replace(SW_BUILD_LINE, line).encode("utf-8")
 
 
 def to_json(obj) -> bytes:
@@ -505,6 +540,8 @@ def build(
     app = app_zip(root)
     add_files(site, {"app.zip": app, "models_manifest.json": models_manifest(root)}, "project")
     add_files(site, {"build-info.json": build_info(project_version(root), lock, wheels, app)}, "project")
+    if SERVICE_WORKER in site:
+        site[SERVICE_WORKER] = service_worker(site, site[SERVICE_WORKER])
 
     written, removed = sync_tree(out, site)
     summary = {

@@ -5,10 +5,12 @@
   /models/...  local model bundles (default models/), e.g. /models/tiny-sdxl-turbo/unet/model.onnx
 
 Every response is cross-origin isolated (COOP/COEP/CORP, so SharedArrayBuffer and wasm threads
-work), files get the MIME types browsers insist on (.mjs, .wasm), and GET honours single HTTP
-Range requests so large model files can be fetched in parts and resumed. No directory listings.
+work; --no-isolation-headers leaves them out, like a plain static host), files get the MIME types
+browsers insist on (.mjs, .wasm), and GET honours single HTTP Range requests so large model files
+can be fetched in parts and resumed. No directory listings.
 
-Usage: python3 serve.py [--port 8000] [--host 127.0.0.1] [--site build/site] [--models models] [--verbose]
+Usage: python3 serve.py [--port 8000] [--host 127.0.0.1] [--site build/site] [--models models]
+                       [--no-isolation-headers] [--verbose]
 Tests can run it in a thread: `server = make_server(site, models, "127.0.0.1", 0)`,
 `threading.Thread(target=server.serve_forever, daemon=True).start()`, then `server.shutdown()`.
 """
@@ -36,7 +38,6 @@ ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
     "Cross-Origin-Resource-Policy": "same-origin",
-    "Cache-Control": "no-cache",
 }
 
 MIME_TYPES = {
@@ -107,8 +108,10 @@ class SiteHandler(BaseHTTPRequestHandler):
     # -- plumbing
 
     def end_headers(self):
-        for name, value in ISOLATION_HEADERS.items():
-            self.send_header(name, value)
+        if self.server.isolation_headers:
+            for name, value in ISOLATION_HEADERS.items():
+                self.send_header(name, value)
+        self.send_header("Cache-Control", "no-cache")
         super().end_headers()
 
     def log_message(self, format, *args):
@@ -222,12 +225,15 @@ class SiteHandler(BaseHTTPRequestHandler):
 class SiteServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, site_dir: Path, models_dir: Path | None, verbose: bool = False):
+    def __init__(
+        self, address, site_dir: Path, models_dir: Path | None, verbose: bool = False, isolation_headers: bool = True
+    ):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.site_dir = Path(site_dir)
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.verbose = verbose
+        self.isolation_headers = isolation_headers
         super().__init__(address, SiteHandler)
 
     def handle_error(self, request, client_address):
@@ -247,9 +253,12 @@ def make_server(
     host: str = "127.0.0.1",
     port: int = 8000,
     verbose: bool = False,
+    isolation_headers: bool = True,
 ) -> SiteServer:
-    """A ready, bound (not yet serving) server; port 0 picks a free port (see `server.url`)."""
-    return SiteServer((host, port), site_dir, models_dir, verbose)
+    """A ready, bound (not yet serving) server; port 0 picks a free port (see `server.url`).
+
+    `isolation_headers=False` sends no COOP/COEP/CORP, as a static host that cannot set headers."""
+    return SiteServer((host, port), site_dir, models_dir, verbose, isolation_headers)
 
 
 def ensure_built(site_dir: Path) -> int:
@@ -268,6 +277,8 @@ def parse_args(argv):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="built site (default: build/site)")
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="served at /models/ (default: models)")
+    parser.add_argument("--no-isolation-headers", dest="isolation_headers", action="store_false",
+                        help="omit COOP/COEP/CORP, like a static host (the service worker then supplies them)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser.parse_args(argv)
 
@@ -278,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     try:
-        server = make_server(args.site, args.models, args.host, args.port, args.verbose)
+        server = make_server(args.site, args.models, args.host, args.port, args.verbose, args.isolation_headers)
     except OSError as exc:
         print(f"serve.py: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -73,14 +73,15 @@ def unsuitable(entry: dict, caps: dict) -> str | None:
 
 
 def pick_variant(entry: dict, caps: dict) -> dict:
-    """The entry as it will run here: merged with its first listed variant this device can run
-    (list fp16 before fp32 to prefer it where shader-f16 exists), or with the first variant when
-    none fits, so that `unsuitable` explains why. An entry without variants is returned as is."""
-    variants = entry.get("variants")
-    if not variants:
-        return entry
-    merged = [{**entry, **v, "id": entry["id"], "name": f"{entry['name']} ({v['id']})", "variant": v["id"]}
-              for v in variants]
+    """The entry as it will run here: the model's fields merged with its first listed variant this
+    device can run (the manifest lists fp16 before fp32 to prefer it where shader-f16 exists), or
+    with the first variant when none fits, so that `unsuitable` explains why. "variant" names the
+    chosen variant; the name carries it only when there is a choice."""
+    model = {k: v for k, v in entry.items() if k != "variants"}
+    many = len(entry["variants"]) > 1
+    merged = [{**model, **v, "id": entry["id"], "variant": v["id"],
+               "name": f"{entry['name']} ({v['id']})" if many else entry["name"]}
+              for v in entry["variants"]]
     return next((m for m in merged if unsuitable(m, caps) is None), merged[0])
 
 

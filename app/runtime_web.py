@@ -1,7 +1,9 @@
-"""Runtime in Pyodide: onnxruntime-web sessions over a bundle at a URL.
+"""Runtime in Pyodide: onnxruntime-web sessions over an installed bundle's files (OPFS `File`s).
 
-Model bytes go from `fetch` straight into ORT as a JS ArrayBuffer; they never enter
-Pyodide's heap. `ort` and `hf_tokenizers` are JS modules registered by the worker.
+Weights go from OPFS straight into ORT as Blobs; they never enter Pyodide's heap. A model whose
+weights sit in an external-data file is handed to ORT in chunks (File.slice), because one such
+file (the SDXL UNet's 10.3 GB) is larger than a browser ArrayBuffer: see app/onnx_external.py.
+`ort` and `hf_tokenizers` are JS modules registered by the worker.
 """
 
 import asyncio
@@ -13,7 +15,10 @@ import ort
 from js import JSON, BigInt64Array, Float32Array, Int32Array, Object, Uint8Array, fetch
 from pyodide.ffi import create_once_callable, create_proxy, to_js
 
+from .onnx_external import split_external_data
 from .runtime import input_spec
+
+DEFAULT_CHUNK_BYTES = 2**30  # each external-data chunk must fit one ArrayBuffer
 
 _ARRAYS = {np.dtype(np.float32): ("float32", Float32Array), np.dtype(np.int64): ("int64", BigInt64Array),
            np.dtype(np.int32): ("int32", Int32Array)}
@@ -79,8 +84,10 @@ class WebSession:
 
 
 class WebRuntime:
-    def __init__(self, base_url, execution_provider="webgpu"):
-        self.base_url = base_url
+    def __init__(self, files, execution_provider="webgpu", chunk_bytes=DEFAULT_CHUNK_BYTES):
+        """`files`: bundle path -> JS File (from the model's install)."""
+        self.files = files
+        self.chunk_bytes = chunk_bytes
         self.name = f"onnxruntime-web/{execution_provider}"
         self.execution_provider = execution_provider
         self._sessions = []
@@ -115,19 +122,34 @@ class WebRuntime:
         device.addEventListener("uncapturederror", self._error_listener)
 
     async def read_json(self, path):
-        return json.loads(await (await fetch_ok(self.base_url + path)).text())
+        return json.loads(await self.files[path].text())
 
     async def tokenizer(self, tokenizer_json):
         tok = hf_tokenizers.Tokenizer.new(JSON.parse(json.dumps(tokenizer_json)), Object.new())
         return lambda text: tok.encode(text).ids.to_py()
 
     async def session(self, path):
-        data = await (await fetch_ok(self.base_url + path)).arrayBuffer()
-        options = _js({"executionProviders": [self.execution_provider], "graphOptimizationLevel": "all"})
-        s = WebSession(await ort.InferenceSession.create(Uint8Array.new(data), options), self.fault)
+        folder = path.rpartition("/")[0]
+        external = [p for p in self.files if p != path and p.rpartition("/")[0] == folder and not p.endswith(".json")]
+        options = {"executionProviders": [self.execution_provider], "graphOptimizationLevel": "all"}
+        if external:  # the graph's weights are beside it: rewrite it to read them chunk by chunk
+            model, chunks = split_external_data((await self.files[path].arrayBuffer()).to_bytes(), self.chunk_bytes)
+            prefix = folder + "/" if folder else ""
+            options["externalData"] = [{"path": c.name, "data": self._file(prefix + c.location, path).slice(c.start, c.end)}
+                                       for c in chunks]
+            data = Uint8Array.new(len(model))
+            data.assign(model)
+        else:
+            data = Uint8Array.new(await self.files[path].arrayBuffer())
+        s = WebSession(await ort.InferenceSession.create(data, _js(options)), self.fault)
         self._watch_device()
         self._sessions.append(s)
         return s
+
+    def _file(self, path, model_path):
+        if path not in self.files:
+            raise OSError(f"{model_path} needs {path}, which the model's manifest does not list")
+        return self.files[path]
 
     def release(self):
         for s in self._sessions:

@@ -4,6 +4,7 @@ Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution
                   resume?: {step, latents (Float32Array)}}
                  {type: "refine", id, params (the base image's), latents (its final latents), resume?}
                  {type: "cancel", id}      {type: "bench", id}
+                 install, install-cancel, model-delete, model-verify, model-import: see app/installer.py
 Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "queued", id, ahead}
                  {type: "progress", id, stage, step, steps, fraction}
@@ -14,13 +15,13 @@ Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
                  {type: "cancelled", id}
                  {type: "error", id, message, kind: "input" | "run" | "device-lost" | "oom", retry?}
+                 {type: "models", ...}: install states and storage, see app/installer.py
 One lock serialises GPU work: a second request waits its turn; cancel works queued or running.
 After a "device-lost" or "oom" error the page replaces this worker (a fresh GPU device, nothing
 left allocated) and resumes from the last checkpoint or retries as offered.
 """
 
 import asyncio
-import json
 import time
 import traceback
 
@@ -31,13 +32,14 @@ from pyodide.ffi import to_js
 from . import __version__, gallery
 from .bench import bench
 from .device import PRESETS, default_resolution, fault_kind, lower_resolution, pick_variant, unsuitable
-from .manifest import bundle_sha256, models_by_id
+from .installer import InstallError, Installer
+from .manifest import ManifestError, bundle_sha256, load_manifest, models_by_id
 from .params import InputError, parse_preview_every, parse_request
 from .pipeline import SDXLTurbo, to_uint8
 from .refiner import SDXLRefiner
 from .png import encode_png
 from .preview import approximate_rgb, half_size, preview_kind
-from .runtime_web import DeviceLost, GpuOutOfMemory, WebRuntime, fetch_ok
+from .runtime_web import DEFAULT_CHUNK_BYTES, DeviceLost, GpuOutOfMemory, WebRuntime
 
 # Share of the progress bar given to each stage; denoise is split evenly between its steps.
 STAGES = {"load": (0.0, 0.25), "encode prompt": (0.25, 0.3), "denoise": (0.3, 0.9), "refine": (0.3, 0.9),
@@ -108,10 +110,11 @@ def log_models(event, model_id):
 
 
 class Worker:
-    def __init__(self, manifest: dict, caps: dict):
+    def __init__(self, entries: list, caps: dict, rejected=()):
         # Each model as it will run on this device (its variant chosen by the capabilities).
-        self.models = {m: pick_variant(e, caps) for m, e in models_by_id(manifest).items()}
+        self.models = {m: pick_variant(e, caps) for m, e in models_by_id({"models": entries}).items()}
         self.caps = caps
+        self.installer = Installer(self.models, post, rejected)
         self.loaded = None  # (model id, SDXLTurbo or SDXLRefiner): one model at a time
         self.lock = asyncio.Lock()
         self.cancelled = set()
@@ -131,6 +134,26 @@ class Worker:
             self.cancelled.add(msg["id"])
         elif kind and kind.startswith("gallery-"):  # storage only: no need to wait for the GPU
             asyncio.ensure_future(gallery.handle(msg, post))
+        elif kind in ("install", "install-cancel", "model-delete", "model-verify") and msg.get("model") in self.models:
+            model_id = msg["model"]
+            if kind == "install":
+                self.installer.install(model_id, msg.get("stall_s"))
+            elif kind == "install-cancel":
+                self.installer.cancel(model_id)
+            elif kind == "model-delete":
+                asyncio.ensure_future(self.delete_model(model_id))
+            else:
+                asyncio.ensure_future(self.installer.verify(model_id))
+        elif kind == "model-import":
+            asyncio.ensure_future(self.installer.import_files(list(message.files)))
+
+    async def delete_model(self, model_id):
+        async with self.lock:  # never while its sessions are running
+            if self.loaded and self.loaded[0] == model_id:
+                self.loaded[1].release()
+                log_models("release", model_id)
+                self.loaded = None
+            await self.installer.delete(model_id)
 
     async def pipeline(self, model_id, on_stage):
         if self.loaded and self.loaded[0] == model_id:
@@ -140,7 +163,8 @@ class Worker:
             log_models("release", self.loaded[0])
             self.loaded = None
         entry = self.models[model_id]
-        runtime = WebRuntime(js.URL.new(entry["base_url"], js.location.href).href, self.caps["backend"])
+        files = await self.installer.files_for_loading(model_id)
+        runtime = WebRuntime(files, self.caps["backend"], entry.get("external_data_chunk_bytes", DEFAULT_CHUNK_BYTES))
         kind = SDXLRefiner if entry.get("pipeline") == "sdxl-refiner" else SDXLTurbo
         log_models("load", model_id)
         self.loaded = (model_id, await kind.load(runtime, entry, on_stage))
@@ -162,7 +186,7 @@ class Worker:
                 await work(job_id, *args)
         except Cancelled:
             post({"type": "cancelled", "id": job_id})
-        except InputError as e:
+        except (InputError, InstallError) as e:
             post({"type": "error", "id": job_id, "message": str(e), "kind": "input"})
         except Exception as e:
             traceback.print_exc()
@@ -293,6 +317,7 @@ class Worker:
     async def bench(self, job_id):
         """Time the bundled bench model on this device; tier presets for every usable model."""
         model_id = next(m for m, e in self.models.items() if e.get("bench"))
+        await self.installer.ensure(model_id)  # the small calibration model is installed on first use
         pipe = await self.pipeline(model_id, None)
         result = await bench(pipe)
         tier = result["tier"]
@@ -304,12 +329,27 @@ class Worker:
         post(dict(result, type="bench", id=job_id))
 
 
+async def read_manifest(url: str):
+    """(valid entries, rejection messages, problem with the whole list or "")."""
+    try:
+        response = await js.fetch(url)
+        if not response.ok:
+            raise ManifestError(f"it could not be downloaded (HTTP {response.status})")
+        entries, rejected = load_manifest(await response.text())
+        return entries, rejected, ""
+    except ManifestError as e:
+        return [], [], f"The model list (models_manifest.json) is not usable: {e}"
+
+
 async def start(manifest_url: str):
-    manifest = json.loads(await (await fetch_ok(manifest_url)).text())
+    entries, rejected, problem = await read_manifest(manifest_url)
     caps = await capabilities()
-    worker = Worker(manifest, caps)
+    worker = Worker(entries, caps, rejected)
     models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
-               "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, caps) or ""}
+               "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, caps) or "",
+               "bench": bool(m.get("bench"))}
               for m in worker.models.values()]
-    post({"type": "ready", "models": models, "capabilities": caps, "version": __version__})
+    post({"type": "ready", "models": models, "capabilities": caps, "version": __version__,
+          "manifest_problem": problem, "rejected": rejected})
+    asyncio.ensure_future(worker.installer.start())
     return worker

@@ -465,12 +465,13 @@ async def verify_async() -> float:
             )
             assert out["out_sample"].shape == (b, 4, lh, lw), out["out_sample"].shape
     print(f"  resolutions {manifest['resolutions']} (h, w): refiner UNet runs at batch 1 and 2")
-    for entry in manifest["files"]:
+    files = manifest["variants"][0]["files"]
+    for entry in files:
         p = os.path.join(OUT, entry["path"])
         assert os.path.getsize(p) == entry["size"] and base.sha256_file(p) == entry["sha256"], entry["path"]
     for path in COPIED:
         assert base.sha256_file(os.path.join(OUT, path)) == base.sha256_file(os.path.join(BASE_OUT, path)), path
-    print(f"  manifest: {len(manifest['files'])} files, sizes and sha256 match; {len(COPIED)} files identical to the base's")
+    print(f"  manifest: {len(files)} files, sizes and sha256 match; {len(COPIED)} files identical to the base's")
     refiner.release()
     print(f"max abs diff (app/refiner.py on onnxruntime vs diffusers), all cases: {worst:.3e}")
     return worst
@@ -493,6 +494,7 @@ def write_manifest() -> None:
     manifest = {
         "id": BUNDLE_ID,
         "name": "Tiny SDXL refiner (test model)",
+        "style": "test pattern (random weights)",
         "description": (
             f"A {total_mb:.0f} MB model with the SDXL refiner's exact interfaces (the second CLIP text encoder, "
             "a text_time UNet conditioned on an aesthetic score, the base model's 8x VAE decoder) and random "
@@ -501,14 +503,20 @@ def write_manifest() -> None:
         ),
         "license": "CC0-1.0 (generated, random weights)",
         "pipeline": "sdxl-refiner",
-        "base_url": f"/models/{BUNDLE_ID}/",
         "refines": ["tiny-sdxl-turbo"],
         "defaults": {"steps": 4, "strength": 0.5, "height": 64, "width": 64},
         "resolutions": RESOLUTIONS,
-        "requires": {"webgpu": False, "shader_f16": False},
         "vae_scaling_factor": VAE_SCALING_FACTOR,
         "vae_scale_factor": VAE_SCALE_FACTOR,
-        "files": files,
+        "variants": [{
+            "id": "fp32",
+            "precision": "fp32",
+            "requires": {"webgpu": False, "shader_f16": False},
+            "gpu_memory_bytes": 100_000_000,
+            "disk_bytes": sum(f["size"] for f in files),
+            "files": [{"path": f["path"], "url": f"/models/{BUNDLE_ID}/{f['path']}", "size": f["size"],
+                       "sha256": f["sha256"]} for f in files],
+        }],
     }
     base.write_json(MANIFEST, manifest)
 

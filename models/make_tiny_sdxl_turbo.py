@@ -724,10 +724,11 @@ def verify(save_png_dir: str | None = None) -> float:
             img = pipe.vae.run(None, {"latent_sample": np.zeros((b, 4, lh, lw), np.float32)})[0]
             assert img.shape == (b, 3, h, w), img.shape
     print(f"  resolutions {manifest['resolutions']} (h, w): UNet and VAE decoder run at batch 1 and 2")
-    for entry in manifest["files"]:
+    files = manifest["variants"][0]["files"]
+    for entry in files:
         p = os.path.join(OUT, entry["path"])
         assert os.path.getsize(p) == entry["size"] and sha256_file(p) == entry["sha256"], entry["path"]
-    print(f"  manifest: {len(manifest['files'])} files, sizes and sha256 match")
+    print(f"  manifest: {len(files)} files, sizes and sha256 match")
     print(f"max abs diff (onnxruntime + numpy vs diffusers), all cases: {worst:.3e}")
     return worst
 
@@ -748,6 +749,7 @@ def write_manifest() -> None:
     manifest = {
         "id": BUNDLE_ID,
         "name": "Tiny SDXL-Turbo (test model)",
+        "style": "test pattern (random weights)",
         "description": (
             "A 12 MB model with SDXL-Turbo's exact interfaces (two CLIP text encoders, text_time UNet, "
             "8x VAE decoder, real CLIP tokenizers) and random weights. It draws noise-like pictures; "
@@ -755,16 +757,24 @@ def write_manifest() -> None:
         ),
         "license": "CC0-1.0 (generated, random weights)",
         "pipeline": "sdxl-turbo",
-        "base_url": f"/models/{BUNDLE_ID}/",
         "defaults": {"steps": 2, "height": 64, "width": 64},
         "resolutions": RESOLUTIONS,
-        # Small enough for the wasm (CPU) back end; also the model the device bench times.
-        "requires": {"webgpu": False, "shader_f16": False},
-        "bench": True,
         "tier_resolutions": {"fast": [128, 128], "medium": [96, 64], "slow": [64, 64]},
+        "bench": True,
         "vae_scaling_factor": VAE_SCALING_FACTOR,
         "vae_scale_factor": VAE_SCALE_FACTOR,
-        "files": files,
+        "variants": [{
+            "id": "fp32",
+            "precision": "fp32",
+            # Small enough for the wasm (CPU) back end; also the model the device bench times.
+            "requires": {"webgpu": False, "shader_f16": False},
+            "gpu_memory_bytes": 200_000_000,
+            "disk_bytes": sum(f["size"] for f in files),
+            # Small chunks, so that tests take the chunked external-data load path real models need.
+            "external_data_chunk_bytes": 262144,
+            "files": [{"path": f["path"], "url": f"/models/{BUNDLE_ID}/{f['path']}", "size": f["size"],
+                       "sha256": f["sha256"]} for f in files],
+        }],
     }
     write_json(MANIFEST, manifest)
 

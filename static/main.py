@@ -7,6 +7,8 @@ from pyscript import document, window
 from pyscript.ffi import create_proxy, to_js
 
 import gallery_ui
+import models_ui
+import offline
 
 BENCH_KEY = "lantern.bench"
 HISTORY_KEY = "lantern.history"
@@ -167,6 +169,8 @@ def on_ready(msg):
             select.appendChild(option)
     show_capabilities(caps)
     el("generate").disabled = False
+    if msg.manifest_problem:
+        show_error(msg.manifest_problem)
     if first:
         fill_resolutions(select.value)
         if caps.backend != "webgpu":
@@ -394,6 +398,8 @@ def on_message(event):
         finish(msg.id, "Cancelled.")
     elif kind == "error":
         on_error(msg)
+    elif kind == "models":
+        models_ui.on_message(msg)
     elif kind.startswith("gallery-"):
         gallery_ui.on_message(msg)
 
@@ -513,9 +519,11 @@ def on_model_change(event):
     fill_resolutions(el("model").value)
 
 
+offline.start()
 on_message_proxy = create_proxy(on_message)
 start_worker()
 gallery_ui.setup(send, apply_settings)
+models_ui.setup(send)
 el("generate").addEventListener("click", create_proxy(generate))
 el("cancel").addEventListener("click", create_proxy(cancel))
 el("retry").addEventListener("click", create_proxy(retry))

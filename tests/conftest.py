@@ -32,7 +32,10 @@ def run(coro):
 
 @pytest.fixture(scope="session")
 def manifest_entry():
-    return json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
+    """The tiny model's entry merged with its variant, as the worker sees it (with "files")."""
+    from app.device import pick_variant
+
+    return pick_variant(json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text()), {})
 
 
 @pytest.fixture(scope="session")
@@ -63,16 +66,23 @@ def browser_type_launch_args(browser_type_launch_args):
 
 
 @pytest.fixture(scope="session")
-def server():
-    import serve
+def fault_server():
+    """The app's server, able to inject download faults (tests/fault_server.py); off unless a test sets them."""
+    from fault_server import make_fault_server
 
     if not (SITE / "index.html").exists():
         pytest.fail("build/site is missing: run `python build.py` (tests/run.sh does)")
-    httpd = serve.make_server(SITE, ROOT / "models", "127.0.0.1", 0)
+    httpd = make_fault_server(SITE, ROOT / "models")
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    yield httpd
+    httpd.reset()
     httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def server(fault_server):
+    return f"http://127.0.0.1:{fault_server.server_address[1]}/"
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +91,7 @@ def app(browser, server):
 
     Every request is recorded; anything not addressed to the local server is aborted.
     """
-    context = browser.new_context(accept_downloads=True)
+    context = browser.new_context(accept_downloads=True, service_workers="block")  # routing misses what sw.js serves
     requests = []
 
     def route(r):

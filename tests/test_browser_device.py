@@ -122,13 +122,13 @@ def test_out_of_memory_offers_a_lower_preset_and_the_retry_succeeds(app):
 def test_switching_models_leaves_no_growth_in_gpu_buffers(browser, server):
     """A second manifest entry (the same bundle under another id) forces a full unload/load on
     every switch; live GPU buffers are counted by wrapping createBuffer/destroy in the worker."""
-    context = browser.new_context()
+    context = browser.new_context(service_workers="block")  # the route below must see the manifest request
 
     def manifest(route):
         body = json.loads(route.fetch().text())
         base = next(m for m in body["models"] if m["id"] == "tiny-sdxl-turbo")
         copy = dict(base, id="tiny-copy", name="Tiny copy", bench=False)
-        route.fulfill(json={"models": body["models"] + [copy]})
+        route.fulfill(json=dict(body, models=body["models"] + [copy]))
 
     context.route("**/models_manifest.json", manifest)
     page = context.new_page()
@@ -136,6 +136,9 @@ def test_switching_models_leaves_no_growth_in_gpu_buffers(browser, server):
         page.goto(server)
     worker_info.value.evaluate(TRACK_BUFFERS)  # before the worker creates its first session
     expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    page.locator("#model-tiny-copy").get_by_role("button", name="Install", exact=True).click()
+    page.wait_for_function("document.getElementById('model-tiny-copy')?.dataset.state === 'installed'",
+                           timeout=BOOT_TIMEOUT_MS)
     held = []
     for model in ["tiny-sdxl-turbo", "tiny-copy", "tiny-sdxl-turbo", "tiny-copy", "tiny-sdxl-turbo"]:
         page.get_by_label("Model").select_option(model)

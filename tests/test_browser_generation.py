@@ -151,6 +151,10 @@ def test_markup_in_a_prompt_stays_text_in_queue_and_result(app):
 
 
 def test_refine_runs_the_refiner_on_the_base_latents_never_holding_both_models(app, cpu_pipeline):
+    refiner = app.locator("#model-tiny-sdxl-refiner")
+    if refiner.get_attribute("data-state") != "installed":  # the refiner is installed like any model
+        refiner.get_by_role("button").first.click()
+        expect(refiner).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
     fill(app, seed="90", steps="2")
     set_options(app)
     app.get_by_role("button", name="Generate").click()

@@ -139,8 +139,11 @@ def test_app_zip_is_reproducible_and_holds_only_sources(project):
 
 
 def test_models_manifest_merges_in_file_name_order(project):
+    tiny = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
+    for name in ("b-model", "a-model"):
+        (project / "models_manifest" / f"{name}.json").write_text(json.dumps(dict(tiny, id=name[0])))
     merged = json.loads(build.models_manifest(project))
-    assert merged == {"models": [{"id": "a", "files": [1, 2]}, {"id": "b"}]}
+    assert merged["schema"] == 1 and [m["id"] for m in merged["models"]] == ["a", "b"]
 
 
 def test_refuses_to_clean_a_foreign_folder(tmp_path):

@@ -64,12 +64,19 @@ def test_bench_measures_the_loaded_model(cpu_pipeline):
 
 def test_variant_follows_shader_f16():
     entry = {"id": "sdxl", "name": "SDXL-Turbo", "resolutions": [[512, 512]], "variants": [
-        {"id": "fp16", "base_url": "/fp16/", "requires": {"webgpu": True, "shader_f16": True}},
-        {"id": "fp32", "base_url": "/fp32/", "requires": {"webgpu": True}},
+        {"id": "fp16", "files": ["f16"], "requires": {"webgpu": True, "shader_f16": True}},
+        {"id": "fp32", "files": ["f32"], "requires": {"webgpu": True}},
     ]}
-    assert pick_variant(entry, dict(GPU, shader_f16=True))["base_url"] == "/fp16/"
+    on_f16 = pick_variant(entry, dict(GPU, shader_f16=True))
+    assert on_f16["files"] == ["f16"] and on_f16["name"] == "SDXL-Turbo (fp16)" and on_f16["id"] == "sdxl"
+    assert "variants" not in on_f16 and on_f16["resolutions"] == [[512, 512]]
     linux_nvidia = pick_variant(entry, GPU)  # no shader-f16 on Linux + NVIDIA
     assert linux_nvidia["variant"] == "fp32" and unsuitable(linux_nvidia, GPU) is None
     on_cpu = pick_variant(entry, {"backend": "wasm"})
-    assert "needs WebGPU" in unsuitable(on_cpu, {"backend": "wasm"})
-    assert pick_variant(TINY, GPU) is TINY
+    assert on_cpu["variant"] == "fp16" and "needs WebGPU" in unsuitable(on_cpu, {"backend": "wasm"})
+
+
+def test_a_single_variant_keeps_the_model_name():
+    entry = {"id": "tiny", "name": "Tiny", "variants": [{"id": "fp32", "requires": {"webgpu": False}}]}
+    chosen = pick_variant(entry, {"backend": "wasm"})
+    assert chosen == {"id": "tiny", "name": "Tiny", "variant": "fp32", "requires": {"webgpu": False}}

@@ -20,7 +20,9 @@ TOLERANCE = 1e-4  # fp32; wiring mistakes move the image by 1e-3 or more
 
 @pytest.fixture(scope="module")
 def refiner_entry():
-    return json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text())
+    from app.device import pick_variant
+
+    return pick_variant(json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text()), {})
 
 
 @pytest.fixture(scope="module")
@@ -226,12 +228,13 @@ def test_wrong_base_latents_are_refused(refiner):
 
 
 def test_manifest_lists_the_bundle(refiner_entry):
+    from app.device import pick_variant
     from app.manifest import bundle_sha256
 
     assert refiner_entry["id"] == "tiny-sdxl-refiner" and refiner_entry["pipeline"] == "sdxl-refiner"
     assert refiner_entry["refines"] == ["tiny-sdxl-turbo"]
-    assert refiner_entry["base_url"] == "/models/tiny-sdxl-refiner/"
-    base = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
+    assert all(f["url"] == "/models/tiny-sdxl-refiner/" + f["path"] for f in refiner_entry["files"])
+    base = pick_variant(json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text()), {})
     assert refiner_entry["resolutions"] == base["resolutions"]
     paths = {f["path"] for f in refiner_entry["files"]}
     assert paths == {

@@ -1,0 +1,158 @@
+# The Models panel (page side, MicroPython): each listed model with its size and install state,
+# and Install / Cancel / Delete / Verify, plus Import of local files. The worker does the work
+# (app/installer.py has the protocol); this module sends requests and shows its "models" reports.
+from pyscript import document, window
+from pyscript.ffi import create_proxy
+
+state = {"send": None, "persist_asked": False}
+rows = {}  # model id -> {"row", "status", "bar", "message", "install", "cancel", "delete", "verify"}
+kept = []  # proxies JS holds
+
+STATE_TEXT = {"not-installed": "Not installed", "installed": "Installed", "partial": "Paused", "damaged": "Damaged",
+              "verifying": "Verifying…", "importing": "Importing…"}
+INSTALL_LABEL = {"partial": "Resume", "damaged": "Repair"}
+
+
+def el(id):
+    return document.getElementById(id)
+
+
+def make(tag, parent, text=None, **attributes):
+    node = document.createElement(tag)
+    if text is not None:
+        node.textContent = text
+    for name, value in attributes.items():
+        node.setAttribute(name.rstrip("_").replace("_", "-"), value)
+    parent.appendChild(node)
+    return node
+
+
+def size_text(mb):
+    return f"{mb / 1000:.2f} GB" if mb >= 100 else f"{mb:.1f} MB"
+
+
+def time_text(seconds):
+    if seconds < 0:
+        return ""
+    if seconds < 90:
+        return f"{seconds:.0f} s left"
+    return f"{seconds / 60:.0f} min left"
+
+
+def listen(node, event, handler):
+    proxy = create_proxy(handler)
+    kept.append(proxy)
+    node.addEventListener(event, proxy)
+
+
+def ask_persistence():
+    # Only the page may ask; the browser decides (and may ask the visitor). Asked once per visit.
+    if not state["persist_asked"] and window.navigator.storage and window.navigator.storage.persist:
+        state["persist_asked"] = True
+        window.navigator.storage.persist()
+
+
+def install(model_id):
+    ask_persistence()
+    message = {"type": "install", "model": model_id}
+    stall = window.URLSearchParams.new(window.location.search).get("stall_s")
+    if stall:  # a shorter wait before a silent connection is dropped and resumed
+        message["stall_s"] = stall
+    state["send"](message)
+
+
+def command(kind, model_id):
+    if kind == "model-delete" and not window.confirm("Delete this model from this browser? It can be installed again."):
+        return
+    state["send"]({"type": kind, "model": model_id})
+
+
+def add_row(m):
+    row = make("li", el("models-list"), id=f"model-{m.id}")
+    name = make("strong", row, m.name, id=f"model-{m.id}-name")
+    make("span", row, f" · {size_text(m.total_mb)}", class_="model-size")
+    status = make("span", row, "", class_="model-state", id=f"model-{m.id}-state", aria_live="polite")
+    bar = make("progress", row, None, max="1", value="0", aria_labelledby=f"model-{m.id}-name")
+    buttons = make("div", row, None, class_="model-buttons")
+    r = {"row": row, "status": status, "bar": bar}
+    for key, label, handler in (
+            ("install", "Install", lambda e, i=m.id: install(i)),
+            ("cancel", "Cancel", lambda e, i=m.id: command("install-cancel", i)),
+            ("delete", "Delete", lambda e, i=m.id: command("model-delete", i)),
+            ("verify", "Verify", lambda e, i=m.id: command("model-verify", i))):
+        button = make("button", buttons, label, type="button", aria_describedby=name.id)
+        listen(button, "click", handler)
+        r[key] = button
+    r["message"] = make("p", row, "", class_="model-message", id=f"model-{m.id}-message")
+    rows[m.id] = r
+    return r
+
+
+def show_row(m):
+    r = rows.get(m.id) or add_row(m)
+    s = m.state
+    if s == "downloading":
+        fraction = m.done_mb / m.total_mb if m.total_mb else 0
+        text = f"Downloading {100 * fraction:.0f}% ({size_text(m.done_mb)} of {size_text(m.total_mb)})"
+        if m.speed_mbps > 0:
+            text += f" · {m.speed_mbps:.1f} MB/s · {time_text(m.eta_s)}"
+    else:
+        text = STATE_TEXT.get(s, s)
+        fraction = m.done_mb / m.total_mb if m.total_mb else 0
+    r["status"].textContent = text
+    r["bar"].value = fraction
+    r["bar"].hidden = s in ("installed", "not-installed")
+    r["row"].dataset.state = s
+    r["message"].textContent = m.message or ""
+    r["message"].setAttribute("role", "alert" if m.error else "note")
+    busy = s in ("downloading", "verifying", "importing")
+    r["install"].textContent = INSTALL_LABEL.get(s, "Install")
+    r["install"].disabled = busy or s == "installed"
+    r["cancel"].disabled = s != "downloading"
+    r["delete"].disabled = s == "not-installed"
+    r["verify"].disabled = busy or s not in ("installed", "damaged")
+
+
+def on_message(msg):
+    for i in range(msg.models.length):
+        show_row(msg.models[i])
+    storage = msg.storage
+    kept_text = ("kept until you delete it" if storage.persisted
+                 else "the browser may clear it if the disk runs low")
+    el("models-storage").textContent = (f"Storage: {size_text(storage.usage_mb)} used of {size_text(storage.quota_mb)} "
+                                        f"available to this site ({kept_text}).")
+    rejected = [msg.rejected[i] for i in range(msg.rejected.length)]
+    el("models-rejected").textContent = " ".join(rejected)
+    el("models-rejected").hidden = not rejected
+    if msg.notice:
+        el("models-notice").textContent = msg.notice
+
+
+def import_files(files):
+    if files.length:
+        el("models-notice").textContent = f"Checking {files.length} file(s) against the model list…"
+        state["send"]({"type": "model-import", "files": files})
+
+
+def on_pick(event):
+    import_files(event.target.files)
+    event.target.value = ""
+
+
+def on_drop(event):
+    event.preventDefault()
+    el("models").classList.remove("dropping")
+    import_files(event.dataTransfer.files)
+
+
+def on_drag(event):
+    event.preventDefault()
+    el("models").classList.add("dropping")
+
+
+def setup(send):
+    state["send"] = send
+    listen(el("models-import"), "change", on_pick)
+    listen(el("models"), "dragover", on_drag)
+    listen(el("models"), "dragleave", lambda e: el("models").classList.remove("dropping"))
+    listen(el("models"), "drop", on_drop)

@@ -1,0 +1,79 @@
+// Service worker: keeps the whole app in Cache Storage so later visits need no network, and adds
+// the cross-origin isolation headers to what it serves, for static hosts that cannot send them.
+// build.py replaces the next line with this build's version and files (site path -> content hash).
+const BUILD = {"version": "unbuilt", "files": {}};
+
+const PREFIX = "lantern-";
+const CACHE = PREFIX + BUILD.version;
+const HASH_HEADER = "X-Lantern-Hash";
+const ISOLATION = {
+  "Cross-Origin-Opener-Policy": "same-origin",
+  "Cross-Origin-Embedder-Policy": "require-corp",
+  "Cross-Origin-Resource-Policy": "same-origin",
+};
+const scope = new URL("./", self.location);
+
+// The stored copy: the body and type as fetched, plus isolation headers and the content hash
+// (a later version reuses the copy instead of downloading a file that did not change).
+function isolated(response, hash) {
+  const headers = new Headers(ISOLATION);
+  const type = response.headers.get("Content-Type");
+  if (type) headers.set("Content-Type", type);
+  if (hash) headers.set(HASH_HEADER, hash);
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
+
+async function unchangedCopy(url, hash) {
+  for (const name of await caches.keys()) {
+    if (name.startsWith(PREFIX) && name !== CACHE) {
+      const old = await (await caches.open(name)).match(url);
+      if (old && old.headers.get(HASH_HEADER) === hash) return old;
+    }
+  }
+  return null;
+}
+
+async function precache() {
+  const cache = await caches.open(CACHE);
+  await Promise.all(Object.entries(BUILD.files).map(async ([path, hash]) => {
+    const url = new URL(path, scope).href;
+    if (await cache.match(url)) return; // an interrupted install left it
+    let response = await unchangedCopy(url, hash);
+    if (!response) {
+      response = await fetch(url, { cache: "no-cache" });
+      if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+      response = isolated(response, hash);
+    }
+    await cache.put(url, response);
+  }));
+}
+
+// A new version takes over at once (the page reloads itself when that happens, see offline.py),
+// so an update needs no closing of tabs and old caches go as soon as it is active.
+self.addEventListener("install", (event) => {
+  self.skipWaiting();
+  event.waitUntil(precache());
+});
+
+self.addEventListener("activate", (event) => {
+  event.waitUntil((async () => {
+    const names = await caches.keys();
+    await Promise.all(names.filter((n) => n.startsWith(PREFIX) && n !== CACHE).map((n) => caches.delete(n)));
+    await self.clients.claim();
+  })());
+});
+
+// The app's own files come from the cache; everything else (model downloads with their Range
+// requests, anything of another origin) goes to the network untouched.
+self.addEventListener("fetch", (event) => {
+  const request = event.request;
+  const url = new URL(request.url);
+  if (request.method !== "GET" || request.headers.has("Range") || url.origin !== scope.origin) return;
+  if (!url.pathname.startsWith(scope.pathname)) return;
+  const path = url.pathname.slice(scope.pathname.length) || "index.html";
+  if (!Object.hasOwn(BUILD.files, path)) return;
+  event.respondWith((async () => {
+    const cached = await caches.match(new URL(path, scope).href, { cacheName: CACHE });
+    return cached || isolated(await fetch(request), null); // evicted by the browser: fetch it again
+  })());
+});

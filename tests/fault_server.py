@@ -1,0 +1,88 @@
+"""serve.py's server with faults a test can switch on per URL path, and a log of what was asked.
+
+faults[path] = {
+    "status": 404,            answer this status instead of the file
+    "refuse_range": True,     answer 416 to any request with a Range header
+    "drop_after": n,          send bytes up to absolute offset n, then cut the connection ("times": how often, default 1)
+    "stall_after": n,         send bytes up to absolute offset n, then go silent until `release` is set
+    "corrupt_at": n,          flip the bits of the byte at absolute offset n
+    "slow": seconds,          pause this long after every 64 KiB
+}
+"""
+
+import threading
+import time
+from urllib.parse import urlsplit
+
+import serve
+
+PIECE = 64 * 1024
+
+
+class FaultHandler(serve.SiteHandler):
+    def serve(self, send_body):
+        path = urlsplit(self.path).path
+        self.server.log.append((path, self.headers.get("Range")))
+        fault = self.server.faults.get(path, {})
+        if fault.get("status"):
+            self.send_empty(fault["status"])
+            return
+        if fault.get("refuse_range") and self.headers.get("Range"):
+            self.send_empty(416, {"Content-Range": "bytes */0"})
+            return
+        self.fault = fault
+        super().serve(send_body)
+
+    def copy(self, file, start, length):
+        fault = getattr(self, "fault", {})
+        if not fault:
+            return super().copy(file, start, length)
+        file.seek(start)
+        at, end = start, start + length
+        try:
+            while at < end:
+                drop = fault.get("drop_after")
+                if drop is not None and at >= drop and fault.get("times", 1) > 0:
+                    fault["times"] = fault.get("times", 1) - 1
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the browser sees the body end early
+                    self.close_connection = True
+                    return
+                stall = fault.get("stall_after")
+                if stall is not None and at >= stall:
+                    self.server.release.wait(120)
+                    self.close_connection = True
+                    return
+                limit = min(end, at + PIECE)
+                for edge in (drop, stall):
+                    if edge is not None and at < edge < limit:
+                        limit = edge
+                data = bytearray(file.read(limit - at))
+                corrupt = fault.get("corrupt_at")
+                if corrupt is not None and at <= corrupt < at + len(data):
+                    data[corrupt - at] ^= 0xFF
+                self.wfile.write(data)
+                at += len(data)
+                if fault.get("slow"):
+                    time.sleep(fault["slow"])
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class FaultServer(serve.SiteServer):
+    def __init__(self, *args, **kwargs):
+        self.faults = {}
+        self.log = []
+        self.release = threading.Event()
+        super().__init__(*args, **kwargs)
+        self.RequestHandlerClass = FaultHandler
+
+    def reset(self):
+        self.faults.clear()
+        self.log.clear()
+        self.release.set()  # let any stalled answer end
+        self.release = threading.Event()
+
+
+def make_fault_server(site, models, host="127.0.0.1", port=0, **kwargs):
+    return FaultServer((host, port), site, models, **kwargs)

@@ -1,0 +1,235 @@
+"""Model installs in the browser: the Models panel, resumable verified downloads into OPFS, faults
+injected by the server (dropped connection, corrupt byte, 404, 416, stall), quota, import, verify.
+
+Runs on the shared page, with the small tiny refiner as the model being installed.
+"""
+
+import json
+
+import pytest
+
+from conftest import BOOT_TIMEOUT_MS, ROOT
+
+pytestmark = pytest.mark.browser
+
+MODEL = "tiny-sdxl-refiner"
+BUNDLE = ROOT / "models" / MODEL
+FILES = {f["path"]: f for f in json.loads((ROOT / "models_manifest" / f"{MODEL}.json").read_text())["variants"][0]["files"]}
+URL = {path: f"/models/{MODEL}/{path}" for path in FILES}
+BIG = "text_encoder_2/model.onnx"  # 4 MB: room for faults mid-file
+INSTALL_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def page(app, fault_server):
+    """The shared page, reloaded with a 2 s stall timeout so a stalled server is given up on quickly."""
+    app.goto(app.server + "?stall_s=2")
+    wait_ready(app)
+    yield app
+    fault_server.reset()
+
+
+@pytest.fixture(autouse=True)
+def clean_server(fault_server):
+    fault_server.reset()
+    yield
+    fault_server.reset()
+
+
+def wait_ready(page):
+    page.get_by_role("status").filter(has_text="Ready").wait_for(timeout=BOOT_TIMEOUT_MS)
+    page.wait_for_function("document.getElementById('model-tiny-sdxl-turbo')", timeout=BOOT_TIMEOUT_MS)
+
+
+def row(page, model=MODEL):
+    return page.locator(f"#model-{model}")
+
+
+def state(page, model=MODEL):
+    return row(page, model).get_attribute("data-state")
+
+
+def message(page, model=MODEL):
+    return page.locator(f"#model-{model}-message").text_content()
+
+
+def wait_state(page, wanted, model=MODEL, timeout=INSTALL_TIMEOUT_MS):
+    page.wait_for_function("([id, s]) => document.getElementById(id)?.dataset.state === s",
+                           arg=[f"model-{model}", wanted], timeout=timeout)
+
+
+def wait_message(page, text, model=MODEL, timeout=INSTALL_TIMEOUT_MS):
+    page.wait_for_function("([id, t]) => (document.getElementById(id)?.textContent || '').includes(t)",
+                           arg=[f"model-{model}-message", text], timeout=timeout)
+
+
+def press(page, name, model=MODEL):
+    row(page, model).get_by_role("button", name=name, exact=True).click()
+
+
+def remove(page, model=MODEL):
+    wait_ready(page)
+    if state(page, model) != "not-installed":
+        page.once("dialog", lambda d: d.accept())
+        press(page, "Delete", model)
+        wait_state(page, "not-installed", model)
+
+
+def requests_for(server, path):
+    return [rng for p, rng in server.log if p == URL[path]]
+
+
+def install_ok(page):
+    row(page).get_by_role("button").first.click()  # "Install", or "Resume"/"Repair" when some files are there
+    wait_state(page, "installed")
+    assert "installed and verified" in message(page)
+
+
+def test_dropped_connection_resumes_with_a_range_request(page, fault_server):
+    remove(page)
+    fault_server.faults[URL[BIG]] = {"drop_after": 1_000_000}
+    install_ok(page)
+    ranges = requests_for(fault_server, BIG)
+    assert ranges[0] is None and len(ranges) == 2, ranges
+    start = int(ranges[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < start <= 1_000_000  # resumed where the bytes stopped, not from 0
+    for path in FILES:
+        if path != BIG:
+            assert requests_for(fault_server, path) == [None]
+
+
+def test_corrupt_byte_is_detected_and_nothing_is_installed(page, fault_server):
+    remove(page)
+    fault_server.faults[URL["unet/model.onnx"]] = {"corrupt_at": 12345}
+    press(page, "Install")
+    wait_message(page, "arrived damaged")
+    assert "unet/model.onnx" in message(page)
+    assert state(page) != "installed"
+    assert row(page).get_by_role("alert").count() == 1
+    fault_server.faults.clear()  # a clean server: Install again fetches the bad file anew and completes
+    install_ok(page)
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ({"status": 404}, "HTTP 404"),
+    ({"drop_after": 500_000, "refuse_range": True}, "HTTP 416"),
+    ({"stall_after": 500_000}, "times in a row (the server stopped sending data"),
+])
+def test_server_errors_are_explained_and_leave_nothing_installed(page, fault_server, fault, expected):
+    remove(page)
+    fault_server.faults[URL[BIG]] = fault
+    press(page, "Install")
+    wait_message(page, expected)
+    assert state(page) in ("partial", "not-installed")
+    assert row(page).get_by_role("alert").count() == 1
+    assert row(page).get_by_role("button", name="Resume").count() + row(page).get_by_role("button", name="Install").count() == 1
+
+
+def test_reload_mid_download_resumes_and_shows_speed_and_time_left(page, fault_server):
+    remove(page)
+    fault_server.faults[URL[BIG]] = {"slow": 0.25}  # ~16 s for the file
+    press(page, "Install")
+    page.wait_for_function("""() => { const s = document.getElementById('model-tiny-sdxl-refiner-state').textContent;
+                                      return /Downloading (4|5|6|7)\\d%/.test(s); }""", timeout=INSTALL_TIMEOUT_MS)
+    status = page.locator(f"#model-{MODEL}-state").text_content()
+    assert "MB/s" in status and "left" in status, status
+    page.reload()
+    fault_server.faults.clear()
+    wait_ready(page)
+    wait_state(page, "installed")  # resumed by itself: the install was still wanted
+    ranges = requests_for(fault_server, BIG)
+    assert ranges and ranges[0] and int(ranges[0].removeprefix("bytes=").rstrip("-")) > 0, ranges
+
+
+def test_cancel_keeps_the_bytes_and_delete_frees_them(page, fault_server):
+    remove(page)
+    fault_server.faults[URL[BIG]] = {"slow": 0.25}
+    press(page, "Install")
+    page.wait_for_function("() => /Downloading [1-9]/.test(document.getElementById('model-tiny-sdxl-refiner-state').textContent)",
+                           timeout=INSTALL_TIMEOUT_MS)
+    press(page, "Cancel")
+    wait_state(page, "partial")
+    assert row(page).get_by_role("button", name="Resume").is_enabled()
+    assert "cancelled" in message(page).lower()
+    used = page.evaluate("navigator.storage.estimate().then(e => e.usage)")
+    page.once("dialog", lambda d: d.accept())
+    press(page, "Delete")
+    wait_state(page, "not-installed")
+    assert page.evaluate("navigator.storage.estimate().then(e => e.usage)") < used
+
+
+FLIP = """async ([model, name]) => {
+  const root = await navigator.storage.getDirectory();
+  const folder = await (await root.getDirectoryHandle("models")).getDirectoryHandle(model);
+  const handle = await folder.getFileHandle(name);
+  const bytes = new Uint8Array(await (await handle.getFile()).arrayBuffer());
+  bytes[1000] ^= 1;
+  const writable = await handle.createWritable();
+  await writable.write(bytes);
+  await writable.close();
+}"""
+
+
+def test_bit_flipped_after_install_is_found_by_verify_and_repaired(page, fault_server):
+    if state(page) != "installed":
+        install_ok(page)
+    page.evaluate(FLIP, [MODEL, FILES["unet/model.onnx"]["sha256"]])
+    fault_server.log.clear()
+    press(page, "Verify")
+    wait_state(page, "damaged")
+    assert "unet/model.onnx" in message(page)
+    press(page, "Repair")
+    wait_state(page, "installed")
+    assert [p for p, _ in fault_server.log if p.startswith(f"/models/{MODEL}/")] == [URL["unet/model.onnx"]]
+
+
+def test_import_local_files_installs_without_network(page, fault_server, tmp_path):
+    remove(page)
+    stray = tmp_path / "notes.txt"
+    stray.write_text("not a model file")
+    page.locator("#models-import").set_input_files([str(BUNDLE / p) for p in FILES] + [str(stray)])
+    wait_state(page, "installed")
+    assert "imported and verified" in message(page)
+    assert "notes.txt" in page.locator("#models-notice").text_content()
+    assert not any(p.startswith(f"/models/{MODEL}/") for p, _ in fault_server.log)
+
+
+def test_malformed_manifest_entries_are_rejected_and_a_bundle_too_big_is_refused(page, fault_server):
+    manifest = json.loads((ROOT / "build" / "site" / "models_manifest.json").read_text())
+    good = next(m for m in manifest["models"] if m["id"] == "tiny-sdxl-turbo")
+
+    def broken(model_id, **file_changes):
+        entry = json.loads(json.dumps(good))
+        entry["id"] = model_id
+        entry.pop("bench", None)
+        entry["variants"][0]["files"][0].update(file_changes)
+        return entry
+
+    # Larger than this browser's quota for the site (10 GiB here): refused before any byte is fetched.
+    huge = broken("huge")
+    huge["variants"][0]["files"][0]["size"] += 20 * 10**9
+    huge["variants"][0]["disk_bytes"] += 20 * 10**9
+    bad = {"schema": 1, "models": [good, huge, broken("escapes", path="../../etc/passwd"),
+                                   broken("plain-http", url="http://example.com/a.onnx"),
+                                   broken("no-hash", sha256=None), broken("windows", path="unet\\model.onnx")]}
+    try:
+        page.route("**/models_manifest.json", lambda r: r.fulfill(json=bad))
+        page.reload()
+        wait_ready(page)
+        rejected = page.locator("#models-rejected").text_content()
+        for model_id, reason in (("escapes", ".."), ("plain-http", "https"), ("no-hash", "sha256"), ("windows", "\\")):
+            assert f'"{model_id}"' in rejected and reason in rejected, rejected
+        assert row(page, "tiny-sdxl-turbo").count() == 1 and row(page, "escapes").count() == 0
+        fault_server.log.clear()
+        press(page, "Install", "huge")
+        wait_message(page, "Not enough storage", "huge")
+        assert "20.01 GB" in message(page, "huge") or "GB more" in message(page, "huge")
+        assert state(page, "huge") == "not-installed" and fault_server.log == []
+        page.unroute("**/models_manifest.json")
+        page.route("**/models_manifest.json", lambda r: r.fulfill(body="{ not json", content_type="application/json"))
+        page.reload()
+        page.get_by_role("alert").filter(has_text="models_manifest.json").wait_for(timeout=BOOT_TIMEOUT_MS)
+    finally:
+        page.unroute("**/models_manifest.json")
+        page.reload()
+        wait_ready(page)
