@@ -77,8 +77,8 @@ def add_row(m):
     r = {"row": row, "status": status, "bar": bar}
     for key, label, handler in (
             ("install", "Install", lambda e, i=m.id: install(i)),
-            ("cancel", "Cancel", lambda e, i=m.id: command("install-cancel", i)),
-            ("delete", "Delete", lambda e, i=m.id: command("model-delete", i)),
+            ("cancel", "Cancel install", lambda e, i=m.id: command("install-cancel", i)),
+            ("delete", "Delete model", lambda e, i=m.id: command("model-delete", i)),
             ("verify", "Verify", lambda e, i=m.id: command("model-verify", i))):
         button = make("button", buttons, label, type="button", aria_describedby=name.id)
         listen(button, "click", handler)
@@ -104,7 +104,10 @@ def show_row(m):
     r["bar"].hidden = s in ("installed", "not-installed")
     r["row"].dataset.state = s
     r["message"].textContent = m.message or ""
-    r["message"].setAttribute("role", "alert" if m.error else "note")
+    if m.error:
+        r["message"].setAttribute("role", "alert")
+    else:
+        r["message"].removeAttribute("role")
     busy = s in ("downloading", "verifying", "importing")
     r["install"].textContent = INSTALL_LABEL.get(s, "Install")
     r["install"].disabled = busy or s == "installed"

@@ -44,8 +44,8 @@ def test_page_boots_offline_on_webgpu(app):
     foreign = [u for u in app.requests if not u.startswith((app.server, "blob:", "data:"))]
     assert foreign == []
     assert any(u.endswith("pyodide.asm.wasm") for u in app.requests)  # the worker's requests are seen too
-    expect(app.get_by_label("Model")).to_have_value("tiny-sdxl-turbo")
-    expect(app.get_by_role("progressbar")).to_be_visible()
+    expect(app.get_by_label("Model", exact=True)).to_have_value("tiny-sdxl-turbo")
+    expect(app.get_by_role("progressbar", name="Progress", exact=True)).to_be_visible()
 
 
 def test_generated_png_matches_cpython_pipeline_and_carries_metadata(app, cpu_pipeline, manifest_entry):

@@ -141,7 +141,7 @@ def test_switching_models_leaves_no_growth_in_gpu_buffers(browser, server):
                            timeout=BOOT_TIMEOUT_MS)
     held = []
     for model in ["tiny-sdxl-turbo", "tiny-copy", "tiny-sdxl-turbo", "tiny-copy", "tiny-sdxl-turbo"]:
-        page.get_by_label("Model").select_option(model)
+        page.get_by_label("Model", exact=True).select_option(model)
         fill(page, seed="1", steps="1")
         generate_and_download(page)
         held.append(page.workers[-1].evaluate("gpuBuffers()"))

@@ -82,7 +82,7 @@ def download_from_gallery(page, prompt):
 def make(page, settings):
     """Generate with Auto-save on; returns the main Download's (name, PNG) once the gallery has it."""
     before = items(page).count()
-    page.get_by_label("Model").select_option("tiny-sdxl-turbo")  # scramble() may have left a fake one
+    page.get_by_label("Model", exact=True).select_option("tiny-sdxl-turbo")  # scramble() may have left a fake one
     fill(page, **settings)
     result = generate_and_download(page)
     expect(items(page)).to_have_count(before + 1, timeout=RUN_TIMEOUT_MS)

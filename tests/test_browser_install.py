@@ -71,7 +71,7 @@ def remove(page, model=MODEL):
     wait_ready(page)
     if state(page, model) != "not-installed":
         page.once("dialog", lambda d: d.accept())
-        press(page, "Delete", model)
+        press(page, "Delete model", model)
         wait_state(page, "not-installed", model)
 
 
@@ -147,13 +147,13 @@ def test_cancel_keeps_the_bytes_and_delete_frees_them(page, fault_server):
     press(page, "Install")
     page.wait_for_function("() => /Downloading [1-9]/.test(document.getElementById('model-tiny-sdxl-refiner-state').textContent)",
                            timeout=INSTALL_TIMEOUT_MS)
-    press(page, "Cancel")
+    press(page, "Cancel install")
     wait_state(page, "partial")
     assert row(page).get_by_role("button", name="Resume").is_enabled()
     assert "cancelled" in message(page).lower()
     used = page.evaluate("navigator.storage.estimate().then(e => e.usage)")
     page.once("dialog", lambda d: d.accept())
-    press(page, "Delete")
+    press(page, "Delete model")
     wait_state(page, "not-installed")
     assert page.evaluate("navigator.storage.estimate().then(e => e.usage)") < used
 

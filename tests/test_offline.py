@@ -128,7 +128,7 @@ def test_second_visit_boots_with_the_server_gone(browser, sites, built):
     # ... and a visitor removes and installs it again through the Models panel
     row = page.locator("#model-tiny-sdxl-turbo")
     page.once("dialog", lambda d: d.accept())
-    row.get_by_role("button", name="Delete", exact=True).click()
+    row.get_by_role("button", name="Delete model", exact=True).click()
     expect(row).to_have_attribute("data-state", "not-installed", timeout=RUN_TIMEOUT_MS)
     row.get_by_role("button", name="Install", exact=True).click()
     expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
