@@ -34,6 +34,7 @@ import traceback
 
 from PIL import Image
 
+from .opfs import options, remove
 from .png import read_parameters
 
 FOLDER = "gallery"
@@ -177,13 +178,6 @@ _records = {}  # key -> record; records never change once written, so they are r
 _thumbs = {}  # key -> thumbnail bytes, for the same reason
 
 
-def _options(**values):
-    import js
-    from pyodide.ffi import to_js
-
-    return to_js(values, dict_converter=js.Object.fromEntries)
-
-
 def _js_bytes(data: bytes):
     import js
 
@@ -197,11 +191,11 @@ async def _folder():
     import js
 
     root = await js.navigator.storage.getDirectory()
-    return await root.getDirectoryHandle(FOLDER, _options(create=True))
+    return await root.getDirectoryHandle(FOLDER, options(create=True))
 
 
 async def _write(folder, name: str, data: bytes):
-    handle = await folder.getFileHandle(name, _options(create=True))
+    handle = await folder.getFileHandle(name, options(create=True))
     if hasattr(handle, "createWritable"):
         writable = await handle.createWritable()
         await writable.write(_js_bytes(data))
@@ -221,14 +215,6 @@ async def _read(folder, name: str) -> bytes:
     return (await file.arrayBuffer()).to_bytes()
 
 
-async def _remove(folder, name: str):
-    try:
-        await folder.removeEntry(name)
-    except Exception as e:  # already gone (another tab, or an interrupted save) is fine
-        if "NotFoundError" not in f"{type(e).__name__}: {e}":
-            raise
-
-
 async def _names(folder):
     names, entries = [], folder.keys()
     while True:
@@ -241,7 +227,7 @@ async def _names(folder):
 async def _records_in(folder):
     names = await _names(folder)
     for name in orphans(names, int(time.time() * 1000)):
-        await _remove(folder, name)
+        await remove(folder, name)
     records = []
     for name in names:
         key = name[:-5]
@@ -296,7 +282,7 @@ async def _get(key, post):
 async def _delete(key, post):
     folder = await _folder()
     for suffix in (".json", ".png", ".thumb.png"):  # the .json first: from then on it is not listed
-        await _remove(folder, key + suffix)
+        await remove(folder, key + suffix)
     _records.pop(key, None)
     _thumbs.pop(key, None)
     post({"type": "gallery-deleted", "key": key})

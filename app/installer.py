@@ -27,6 +27,8 @@ import json
 import re
 import time
 
+from .opfs import PIECE, not_found, options, pieces, remove
+
 FOLDER = "models"
 RECORD = "installed.json"
 WANTED = "installing.json"
@@ -35,7 +37,6 @@ STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume i
 RETRIES = 4  # attempts in a row without progress before giving up
 BACKOFF_SECONDS = (1, 2, 4, 8)
 REPORT_SECONDS = 0.25  # progress messages at most this often
-READ_CHUNK = 8 * 2**20  # re-hashing and import read this much at a time
 
 
 class InstallError(Exception):
@@ -140,29 +141,18 @@ def match_import(size: int, digest: str, models: dict) -> list[tuple[str, dict]]
 
 # --- the browser side ------------------------------------------------------------------------------
 
-def _opts(**values):
-    import js
-    from pyodide.ffi import to_js
-
-    return to_js(values, dict_converter=js.Object.fromEntries)
-
-
-def _not_found(error: Exception) -> bool:
-    return "NotFoundError" in f"{type(error).__name__}: {error}"
-
-
 async def _models_folder():
     import js
 
     root = await js.navigator.storage.getDirectory()
-    return await root.getDirectoryHandle(FOLDER, _opts(create=True))
+    return await root.getDirectoryHandle(FOLDER, options(create=True))
 
 
 async def model_folder(model_id: str, create: bool = True):
     try:
-        return await (await _models_folder()).getDirectoryHandle(model_id, _opts(create=create))
+        return await (await _models_folder()).getDirectoryHandle(model_id, options(create=create))
     except Exception as e:
-        if _not_found(e):
+        if not_found(e):
             return None
         raise
 
@@ -182,23 +172,15 @@ async def _read_json(folder, name):
     try:
         return json.loads(await (await (await folder.getFileHandle(name)).getFile()).text())
     except Exception as e:
-        if _not_found(e) or isinstance(e, ValueError):
+        if not_found(e) or isinstance(e, ValueError):
             return None
         raise
 
 
 async def _write_json(folder, name, obj):
-    writable = await (await folder.getFileHandle(name, _opts(create=True))).createWritable()
+    writable = await (await folder.getFileHandle(name, options(create=True))).createWritable()
     await writable.write(json.dumps(obj))
     await writable.close()
-
-
-async def _remove(folder, name):
-    try:
-        await folder.removeEntry(name)
-    except Exception as e:
-        if not _not_found(e):
-            raise
 
 
 class Sha256:
@@ -223,7 +205,7 @@ class Partial:
         self.hasher = Sha256()
 
     def append(self, chunk):
-        self.access.write(chunk, _opts(at=self.have))
+        self.access.write(chunk, options(at=self.have))
         self.hasher.update(chunk)
         self.have += int(chunk.byteLength)
 
@@ -237,10 +219,10 @@ async def _rehash(access, length: int) -> Sha256:
     import js
 
     hasher = Sha256()
-    buffer = js.Uint8Array.new(min(READ_CHUNK, max(length, 1)))
+    buffer = js.Uint8Array.new(min(PIECE, max(length, 1)))
     at = 0
     while at < length:
-        n = int(access.read(buffer.subarray(0, min(READ_CHUNK, length - at)), _opts(at=at)))
+        n = int(access.read(buffer.subarray(0, min(PIECE, length - at)), options(at=at)))
         if n <= 0:
             break
         hasher.update(buffer.subarray(0, n))
@@ -292,16 +274,14 @@ class Installer:
         if not force and now - self._last_report < REPORT_SECONDS:
             return
         self._last_report = now
-        storage = {"usage": 0, "quota": 0, "persisted": False}
+        storage = {"usage_mb": 0, "quota_mb": 0, "persisted": False}
         try:
             estimate = await js.navigator.storage.estimate()
-            storage.update(usage=int(estimate.usage), quota=int(estimate.quota))
-            storage["persisted"] = bool(await js.navigator.storage.persisted())
+            storage.update(usage_mb=int(estimate.usage) / 1e6, quota_mb=int(estimate.quota) / 1e6,
+                           persisted=bool(await js.navigator.storage.persisted()))
         except Exception:
             pass
         rows = [page_row(m, e, self.status.get(m, {})) for m, e in self.models.items()]
-        storage = {"usage_mb": storage["usage"] / 1e6, "quota_mb": storage["quota"] / 1e6,
-                   "persisted": storage["persisted"]}
         self.post({"type": "models", "models": rows, "storage": storage, "rejected": self.rejected,
                    "notice": self.notice})
 
@@ -339,26 +319,19 @@ class Installer:
         task = self.tasks.get(model_id)
         if task:
             await asyncio.gather(task, return_exceptions=True)
-        await self._remove_folder(model_id)
+        await remove(await _models_folder(), model_id, recursive=True)
         self.status.pop(model_id, None)
         await self.refresh(model_id)
         await self.report()
 
-    async def _remove_folder(self, model_id):
-        try:
-            await (await _models_folder()).removeEntry(model_id, _opts(recursive=True))
-        except Exception as e:
-            if not _not_found(e):
-                raise
-
-    async def verify(self, model_id):
+    def verify(self, model_id):
         """Re-hash every stored file; a file whose bytes changed is deleted and the model marked damaged."""
         task = self.tasks.get(model_id)
         if task and not task.done():
             return
         self.tasks[model_id] = asyncio.ensure_future(self._verify(model_id))
 
-    async def ensure(self, model_id, on_progress=None):
+    async def ensure(self, model_id):
         """Install a model if it is not installed (the bench model), waiting for it."""
         if self.state(model_id) != "installed":
             await self.install(model_id)
@@ -374,12 +347,12 @@ class Installer:
             folder, sizes, _ = await self.refresh(model_id)
             self.status[model_id].update(message="", error=False)
             if self.state(model_id) == "installed":
-                await _remove(folder, WANTED)
+                await remove(folder, WANTED)
                 return
             folder = folder or await model_folder(model_id)
             await self._check_space(entry, sizes)
             await _write_json(folder, WANTED, {"variant": entry.get("variant")})
-            await _remove(folder, RECORD)  # installed again only once every file is verified
+            await remove(folder, RECORD)  # installed again only once every file is verified
             self.status[model_id].update(state="downloading")
             rate = Rate()
             done_before = sum(f["size"] for f in entry["files"] if sizes.get(f["sha256"]) == f["size"])
@@ -390,15 +363,15 @@ class Installer:
                 await self._download(model_id, folder, f, stall_s, rate, progress)
                 progress["done"] += f["size"]
             await _write_json(folder, RECORD, record_for(entry))
-            await _remove(folder, WANTED)
+            await remove(folder, WANTED)
             for stale in leftovers(entry, await _sizes(folder)):
-                await _remove(folder, stale)
+                await remove(folder, stale)
             await self.refresh(model_id)
             self.status[model_id]["message"] = f"{name} is installed and verified."
         except asyncio.CancelledError:
             folder = await model_folder(model_id, create=False)
             if folder:
-                await _remove(folder, WANTED)
+                await remove(folder, WANTED)
             await self.refresh(model_id)
             self.status[model_id]["message"] = "Download cancelled. Install resumes it; Delete frees the space."
         except InstallError as e:
@@ -429,7 +402,7 @@ class Installer:
 
         url = js.URL.new(f["url"], js.location.href).href
         partial_name = f["sha256"] + PARTIAL
-        handle = await folder.getFileHandle(partial_name, _opts(create=True))
+        handle = await folder.getFileHandle(partial_name, options(create=True))
         part = Partial(await handle.createSyncAccessHandle())
         try:
             have = int(part.access.getSize())
@@ -456,7 +429,7 @@ class Installer:
         finally:
             part.access.close()
         if part.hasher.hexdigest() != f["sha256"]:
-            await _remove(folder, partial_name)
+            await remove(folder, partial_name)
             raise InstallError(f"{f['path']} arrived damaged (its sha256 does not match the manifest), so its "
                                "bytes were deleted and nothing was installed. Try Install again.")
         await handle.move(f["sha256"])
@@ -467,7 +440,7 @@ class Installer:
 
         controller = js.AbortController.new()
         headers = {"Range": f"bytes={part.have}-"} if part.have else {}
-        request = js.fetch(url, _opts(headers=_opts(**headers), signal=controller.signal, cache="no-store"))
+        request = js.fetch(url, options(headers=options(**headers), signal=controller.signal, cache="no-store"))
         try:
             response = await asyncio.wait_for(asyncio.ensure_future(request), stall_s)
         except asyncio.TimeoutError:
@@ -515,8 +488,6 @@ class Installer:
     # -- verify ----------------------------------------------------------------------------------
 
     async def _verify(self, model_id):
-        import js
-
         entry = self.models[model_id]
         try:
             folder, sizes, _ = await self.refresh(model_id)
@@ -529,11 +500,10 @@ class Installer:
                     continue
                 file = await (await folder.getFileHandle(f["sha256"])).getFile()
                 hasher = Sha256()
-                for start in range(0, f["size"], READ_CHUNK):
-                    data = js.Uint8Array.new(await file.slice(start, start + READ_CHUNK).arrayBuffer())
+                async for data in pieces(file):
                     hasher.update(data)
                 if hasher.hexdigest() != f["sha256"]:
-                    await _remove(folder, f["sha256"])
+                    await remove(folder, f["sha256"])
                     bad.append(f["path"])
             await self.refresh(model_id)
             if bad:
@@ -551,8 +521,6 @@ class Installer:
 
     async def import_files(self, files):
         """Local files of a bundle: each is hashed while copied into OPFS and kept if it matches a manifest file."""
-        import js
-
         messages, touched = [], set()
         for file in files:
             size = int(file.size)
@@ -563,14 +531,15 @@ class Installer:
             model_id = candidates[0][0]
             folder = await model_folder(model_id)
             temp = f"import-{time.time_ns()}{PARTIAL}"
-            handle = await folder.getFileHandle(temp, _opts(create=True))
+            handle = await folder.getFileHandle(temp, options(create=True))
             access = await handle.createSyncAccessHandle()
             hasher = Sha256()
             try:
-                for start in range(0, size, READ_CHUNK):
-                    data = js.Uint8Array.new(await file.slice(start, start + READ_CHUNK).arrayBuffer())
-                    access.write(data, _opts(at=start))
+                at = 0
+                async for data in pieces(file):
+                    access.write(data, options(at=at))
                     hasher.update(data)
+                    at += int(data.byteLength)
                     self.status[model_id].update(state="importing", message=f"Importing {file.name}…")
                     await self.report(force=False)
                 access.flush()
@@ -578,14 +547,14 @@ class Installer:
                 access.close()
             matches = match_import(size, hasher.hexdigest(), self.models)
             if not matches:
-                await _remove(folder, temp)
+                await remove(folder, temp)
                 messages.append(f"{file.name} does not match any file of the listed models (its sha256 differs); "
                                 "not imported.")
                 continue
             moved = False  # the copy lands under its digest; a file shared by several models is copied on
             for m, f in sorted(matches, key=lambda match: match[0] != model_id):
                 target = await model_folder(m)
-                await _remove(target, f["sha256"])
+                await remove(target, f["sha256"])
                 if not moved and m == model_id:
                     await handle.move(f["sha256"])
                     moved = True
@@ -593,7 +562,7 @@ class Installer:
                     await _copy(await handle.getFile(), target, f["sha256"])
                 touched.add(m)
             if not moved:
-                await _remove(folder, temp)
+                await remove(folder, temp)
         for m in touched:
             await self._commit_if_complete(m)
         for m in self.models:
@@ -630,11 +599,9 @@ class Installer:
 
 
 async def _copy(source, folder, name):
-    import js
-
-    writable = await (await folder.getFileHandle(name, _opts(create=True))).createWritable()
-    for start in range(0, int(source.size), READ_CHUNK):
-        await writable.write(js.Uint8Array.new(await source.slice(start, start + READ_CHUNK).arrayBuffer()))
+    writable = await (await folder.getFileHandle(name, options(create=True))).createWritable()
+    async for data in pieces(source):
+        await writable.write(data)
     await writable.close()
 
 

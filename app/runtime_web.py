@@ -12,7 +12,7 @@ import json
 import hf_tokenizers
 import numpy as np
 import ort
-from js import JSON, BigInt64Array, Float32Array, Int32Array, Object, Uint8Array, fetch
+from js import JSON, BigInt64Array, Float32Array, Int32Array, Object, Uint8Array
 from pyodide.ffi import create_once_callable, create_proxy, to_js
 
 from .onnx_external import split_external_data
@@ -40,13 +40,6 @@ def from_tensor(tensor) -> np.ndarray:
     arr = np.frombuffer(tensor.data.to_bytes(), dtype=dtype).reshape(tensor.dims.to_py())
     tensor.dispose()
     return arr
-
-
-async def fetch_ok(url):
-    response = await fetch(url)
-    if not response.ok:
-        raise OSError(f"could not download {url} (HTTP {response.status})")
-    return response
 
 
 class DeviceLost(RuntimeError):

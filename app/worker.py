@@ -143,25 +143,27 @@ class Worker:
             elif kind == "model-delete":
                 asyncio.ensure_future(self.delete_model(model_id))
             else:
-                asyncio.ensure_future(self.installer.verify(model_id))
+                self.installer.verify(model_id)
         elif kind == "model-import":
             asyncio.ensure_future(self.installer.import_files(list(message.files)))
+
+    def unload(self):
+        """Release the loaded model's sessions and GPU buffers."""
+        self.loaded[1].release()
+        log_models("release", self.loaded[0])
+        self.loaded = None
 
     async def delete_model(self, model_id):
         async with self.lock:  # never while its sessions are running
             if self.loaded and self.loaded[0] == model_id:
-                self.loaded[1].release()
-                log_models("release", model_id)
-                self.loaded = None
+                self.unload()
             await self.installer.delete(model_id)
 
     async def pipeline(self, model_id, on_stage):
         if self.loaded and self.loaded[0] == model_id:
             return self.loaded[1]
-        if self.loaded:  # release the previous model's sessions and GPU buffers first
-            self.loaded[1].release()
-            log_models("release", self.loaded[0])
-            self.loaded = None
+        if self.loaded:  # one model at a time: release the previous one first
+            self.unload()
         entry = self.models[model_id]
         files = await self.installer.files_for_loading(model_id)
         runtime = WebRuntime(files, self.caps["backend"], entry.get("external_data_chunk_bytes", DEFAULT_CHUNK_BYTES))

@@ -1,0 +1,34 @@
+"""Small helpers over the Origin Private File System, shared by the gallery and model installs.
+
+`js` is imported inside each function: the modules that use these are also imported on CPython.
+"""
+
+PIECE = 8 * 2**20  # files are read this much at a time
+
+
+def options(**values):
+    import js
+    from pyodide.ffi import to_js
+
+    return to_js(values, dict_converter=js.Object.fromEntries)
+
+
+def not_found(error: Exception) -> bool:
+    return "NotFoundError" in f"{type(error).__name__}: {error}"
+
+
+async def remove(folder, name: str, recursive: bool = False):
+    """Remove an entry; one already gone (another tab, an interrupted write) is fine."""
+    try:
+        await folder.removeEntry(name, options(recursive=recursive))
+    except Exception as e:
+        if not not_found(e):
+            raise
+
+
+async def pieces(file):
+    """A File's bytes as Uint8Arrays of at most PIECE bytes, read one at a time."""
+    import js
+
+    for start in range(0, int(file.size), PIECE):
+        yield js.Uint8Array.new(await file.slice(start, start + PIECE).arrayBuffer())
