@@ -45,6 +45,7 @@ class FaultHandler(serve.SiteHandler):
                 if drop is not None and at >= drop and fault.get("times", 1) > 0:
                     fault["times"] = fault.get("times", 1) - 1
                     self.wfile.flush()
+                    time.sleep(0.5)  # let the browser take in the bytes sent, so there is something to resume from
                     self.connection.shutdown(2)  # the browser sees the body end early
                     self.close_connection = True
                     return

@@ -122,7 +122,8 @@ def test_server_errors_are_explained_and_leave_nothing_installed(page, fault_ser
     wait_message(page, expected)
     assert state(page) in ("partial", "not-installed")
     assert row(page).get_by_role("alert").count() == 1
-    assert row(page).get_by_role("button", name="Resume").count() + row(page).get_by_role("button", name="Install").count() == 1
+    resume_or_install = [row(page).get_by_role("button", name=n, exact=True).count() for n in ("Resume", "Install")]
+    assert sum(resume_or_install) == 1
 
 
 def test_reload_mid_download_resumes_and_shows_speed_and_time_left(page, fault_server):
@@ -138,7 +139,7 @@ def test_reload_mid_download_resumes_and_shows_speed_and_time_left(page, fault_s
     wait_ready(page)
     wait_state(page, "installed")  # resumed by itself: the install was still wanted
     ranges = requests_for(fault_server, BIG)
-    assert ranges and ranges[0] and int(ranges[0].removeprefix("bytes=").rstrip("-")) > 0, ranges
+    assert ranges[0] is None and ranges[-1] and int(ranges[-1].removeprefix("bytes=").rstrip("-")) > 0, ranges
 
 
 def test_cancel_keeps_the_bytes_and_delete_frees_them(page, fault_server):
