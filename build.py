@@ -14,6 +14,7 @@ What goes in, and where it lands in the site:
     npm @pyscript/core       -> vendor/pyscript/     (dist/, without source maps)
     npm @micropython/...     -> vendor/micropython/  (micropython.mjs, micropython.wasm)
     npm @huggingface/tokenizers -> vendor/tokenizers/
+    npm hash-wasm            -> vendor/hashwasm/     (its SHA-256 alone, for the hashing thread)
     numpy, Pillow wheels     -> vendor/pyodide/      (next to pyodide-lock.json)
 
 Third-party parts are fetched with their ordinary clients into .cache/ and reused afterwards
@@ -157,6 +158,7 @@ VENDOR = {
     "@huggingface/tokenizers": Pick(
         "vendor/tokenizers", files=("dist/tokenizers.min.mjs",), optional=("LICENSE",)
     ),
+    "hash-wasm": Pick("vendor/hashwasm", files=("dist/sha256.umd.min.js",), optional=("LICENSE",)),
 }
 
 

@@ -22,11 +22,11 @@ Only the functions under "the browser side" touch the browser; the rest is plain
 """
 
 import asyncio
-import hashlib
 import json
 import re
 import time
 
+from .hasher import Hasher, HashError
 from .opfs import PIECE, not_found, options, pieces, remove
 
 FOLDER = "models"
@@ -183,52 +183,42 @@ async def _write_json(folder, name, obj):
     await writable.close()
 
 
-class Sha256:
-    """Incremental SHA-256 over JS byte arrays."""
-
-    def __init__(self):
-        self._h = hashlib.sha256()
-
-    def update(self, chunk):
-        self._h.update(chunk.to_bytes())
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-
 class Partial:
     """A file being downloaded: its open sync access handle, how many bytes it holds, their running hash."""
 
     def __init__(self, access):
         self.access = access
         self.have = 0
-        self.hasher = Sha256()
+        self.hasher = Hasher()
 
-    def append(self, chunk):
+    async def append(self, chunk):
+        n = int(chunk.byteLength)
         self.access.write(chunk, options(at=self.have))
-        self.hasher.update(chunk)
-        self.have += int(chunk.byteLength)
+        self.hasher.update(chunk)  # hands the bytes over: written first
+        self.have += n
+        await self.hasher.drain()
+
+    async def resume(self, length: int):
+        """Take up the bytes already in the file (a resume after a reload): hash them again."""
+        import js
+
+        while self.have < length:
+            piece = js.Uint8Array.new(min(PIECE, length - self.have))
+            n = int(self.access.read(piece, options(at=self.have)))
+            if n <= 0:
+                break
+            self.hasher.update(piece.subarray(0, n))
+            self.have += n
+            await self.hasher.drain()
 
     def restart(self):
         self.access.truncate(0)
-        self.have, self.hasher = 0, Sha256()
+        self.hasher.close()
+        self.have, self.hasher = 0, Hasher()
 
-
-async def _rehash(access, length: int) -> Sha256:
-    """The digest of the bytes already in a partial file (a resume after a reload)."""
-    import js
-
-    hasher = Sha256()
-    buffer = js.Uint8Array.new(min(PIECE, max(length, 1)))
-    at = 0
-    while at < length:
-        n = int(access.read(buffer.subarray(0, min(PIECE, length - at)), options(at=at)))
-        if n <= 0:
-            break
-        hasher.update(buffer.subarray(0, n))
-        at += n
-        await asyncio.sleep(0)
-    return hasher
+    def close(self):
+        self.hasher.close()
+        self.access.close()
 
 
 class Installer:
@@ -374,7 +364,7 @@ class Installer:
                 await remove(folder, WANTED)
             await self.refresh(model_id)
             self.status[model_id]["message"] = "Download cancelled. Install resumes it; Delete frees the space."
-        except InstallError as e:
+        except (InstallError, HashError) as e:
             await self.refresh(model_id)
             self.fail(model_id, f"{name}: {e}")
         except Exception as e:
@@ -409,13 +399,13 @@ class Installer:
             if have > f["size"]:
                 part.restart()
             else:
-                part.have, part.hasher = have, await _rehash(part.access, have)
+                await part.resume(have)
             failures = 0
             while part.have < f["size"]:
                 before = part.have
                 try:
                     await self._fetch_into(part, url, f, stall_s, rate, progress, model_id)
-                except (InstallError, asyncio.CancelledError):
+                except (InstallError, HashError, asyncio.CancelledError):
                     raise
                 except Exception as e:  # dropped connection or stall: resume from where the bytes stop
                     failures = 0 if part.have > before else failures + 1
@@ -426,9 +416,10 @@ class Installer:
                     await self.report()
                     await asyncio.sleep(BACKOFF_SECONDS[max(failures - 1, 0)])
             part.access.flush()
+            digest = await part.hasher.hexdigest()
         finally:
-            part.access.close()
-        if part.hasher.hexdigest() != f["sha256"]:
+            part.close()
+        if digest != f["sha256"]:
             await remove(folder, partial_name)
             raise InstallError(f"{f['path']} arrived damaged (its sha256 does not match the manifest), so its "
                                "bytes were deleted and nothing was installed. Try Install again.")
@@ -473,7 +464,7 @@ class Installer:
                 chunk = step.value
                 if part.have + int(chunk.byteLength) > f["size"]:
                     raise InstallError(f"{f['path']} is larger on the server than the manifest says; not installed.")
-                part.append(chunk)
+                await part.append(chunk)
                 done = progress["done"] + part.have
                 rate.add(time.monotonic(), done)
                 eta = rate.eta(self.status[model_id]["total"] - done)
@@ -499,10 +490,7 @@ class Installer:
                     bad.append(f["path"])
                     continue
                 file = await (await folder.getFileHandle(f["sha256"])).getFile()
-                hasher = Sha256()
-                async for data in pieces(file):
-                    hasher.update(data)
-                if hasher.hexdigest() != f["sha256"]:
+                if await _digest(file) != f["sha256"]:
                     await remove(folder, f["sha256"])
                     bad.append(f["path"])
             await self.refresh(model_id)
@@ -532,20 +520,21 @@ class Installer:
             folder = await model_folder(model_id)
             temp = f"import-{time.time_ns()}{PARTIAL}"
             handle = await folder.getFileHandle(temp, options(create=True))
-            access = await handle.createSyncAccessHandle()
-            hasher = Sha256()
+            part = Partial(await handle.createSyncAccessHandle())
             try:
-                at = 0
                 async for data in pieces(file):
-                    access.write(data, options(at=at))
-                    hasher.update(data)
-                    at += int(data.byteLength)
+                    await part.append(data)
                     self.status[model_id].update(state="importing", message=f"Importing {file.name}…")
                     await self.report(force=False)
-                access.flush()
-            finally:
-                access.close()
-            matches = match_import(size, hasher.hexdigest(), self.models)
+                part.access.flush()
+                digest = await part.hasher.hexdigest()
+            except Exception as e:  # unreadable file, full storage, hashing failed: the others still go on
+                part.close()
+                await remove(folder, temp)
+                messages.append(f"{file.name} was not imported: {storage_text(e)}")
+                continue
+            part.close()
+            matches = match_import(size, digest, self.models)
             if not matches:
                 await remove(folder, temp)
                 messages.append(f"{file.name} does not match any file of the listed models (its sha256 differs); "
@@ -596,6 +585,17 @@ class Installer:
             hint = self.status[model_id]["message"] or "Install it in the Models panel first."
             raise InstallError(f"{entry['name']} is not installed. {hint}" if state != "damaged" else hint)
         return {f["path"]: await (await folder.getFileHandle(f["sha256"])).getFile() for f in entry["files"]}
+
+
+async def _digest(file) -> str:
+    hasher = Hasher()
+    try:
+        async for data in pieces(file):
+            hasher.update(data)
+            await hasher.drain()
+        return await hasher.hexdigest()
+    finally:
+        hasher.close()
 
 
 async def _copy(source, folder, name):

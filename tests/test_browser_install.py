@@ -110,6 +110,19 @@ def test_corrupt_byte_is_detected_and_nothing_is_installed(page, fault_server):
     install_ok(page)
 
 
+def test_hashing_thread_that_cannot_start_is_explained_and_the_bytes_are_kept(page, fault_server):
+    remove(page)
+    fault_server.faults["/hasher.js"] = {"status": 404}
+    press(page, "Install")
+    wait_message(page, "hashing thread failed")
+    assert state(page) == "partial"  # downloaded bytes are kept for the retry, nothing counts as installed
+    assert row(page).get_by_role("alert").count() == 1
+    fault_server.faults.clear()
+    press(page, "Resume")
+    wait_state(page, "installed")
+    assert "installed and verified" in message(page)
+
+
 @pytest.mark.parametrize("fault, expected", [
     ({"status": 404}, "HTTP 404"),
     ({"drop_after": 500_000, "refuse_range": True}, "HTTP 416"),

@@ -185,7 +185,7 @@ def test_built_site_layout(project, tmp_path):
         "vendor/pyodide/python_stdlib.zip", "vendor/pyodide/pyodide-lock.json", "vendor/pyodide/package.json",
         "vendor/pyscript/core.js", "vendor/pyscript/core.css",
         "vendor/micropython/micropython.mjs", "vendor/micropython/micropython.wasm",
-        "vendor/tokenizers/tokenizers.min.mjs",
+        "vendor/tokenizers/tokenizers.min.mjs", "vendor/hashwasm/sha256.umd.min.js",
     ]:
         assert (out / rel).is_file(), rel
     assert not list(out.rglob("*.map"))
