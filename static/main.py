@@ -151,6 +151,13 @@ def on_bench(msg):
     apply_bench(result)
 
 
+def on_bench_failed(msg):
+    # The tier stays unmeasured (the models' own defaults apply) until a re-run succeeds.
+    state["bench_id"] = None
+    el("rebench").disabled = False
+    el("tier").textContent = f"Device tier: not measured. {msg.message} Use “Re-run benchmark” to try again."
+
+
 def on_ready(msg):
     first = not models
     caps = msg.capabilities
@@ -360,6 +367,9 @@ def on_device_lost(msg):
 def on_error(msg):
     if msg.kind == "device-lost":
         on_device_lost(msg)
+        return
+    if msg.id == state["bench_id"]:
+        on_bench_failed(msg)
         return
     params = jobs[msg.id]["params"] if msg.id in jobs else None
     show_error(msg.message)

@@ -247,3 +247,21 @@ def test_malformed_manifest_entries_are_rejected_and_a_bundle_too_big_is_refused
         page.unroute("**/models_manifest.json")
         page.reload()
         wait_ready(page)
+
+
+def test_device_bench_that_cannot_install_its_model_says_so_and_can_be_re_run(page, fault_server):
+    bench_model = "tiny-sdxl-turbo"
+    remove(page, bench_model)
+    fault_server.faults[f"/models/{bench_model}/unet/model.onnx"] = {"status": 404}
+    tier = page.locator("#tier")
+    page.get_by_text("Device", exact=True).click()  # the panel with the tier
+    page.get_by_role("button", name="Re-run benchmark").click()
+    page.wait_for_function("document.getElementById('tier').textContent.includes('not measured')",
+                           timeout=INSTALL_TIMEOUT_MS)
+    assert "HTTP 404" in tier.text_content()
+    fault_server.faults.clear()
+    page.get_by_role("button", name="Re-run benchmark").click()  # installs the model, then measures
+    page.wait_for_function("document.getElementById('tier').textContent.includes(' ms (runs: ')",
+                           timeout=INSTALL_TIMEOUT_MS * 2)
+    assert state(page, bench_model) == "installed"
+    page.get_by_text("Device", exact=True).click()
