@@ -34,7 +34,7 @@ import traceback
 
 from PIL import Image
 
-from .opfs import options, remove
+from .opfs import options, remove, storage_failure
 from .png import read_parameters
 
 FOLDER = "gallery"
@@ -154,12 +154,10 @@ def orphans(names, now_ms: int, grace_ms: int = ORPHAN_GRACE_MS):
 
 
 def storage_message(error: Exception) -> str:
-    text = f"{type(error).__name__}: {error}"
-    if "QuotaExceeded" in text:
-        return "The browser's storage for this site is full. Delete some images from the gallery to save new ones."
-    if "SecurityError" in text or "getDirectory" in text:
-        return "This browser does not let the page keep files (private browsing?), so the gallery is unavailable."
-    return f"The gallery could not be read or written: {error}"
+    return {
+        "full": "The browser's storage for this site is full. Delete some images from the gallery to save new ones.",
+        "denied": "This browser does not let the page keep files (private browsing?), so the gallery is unavailable.",
+    }.get(storage_failure(error), f"The gallery could not be read or written: {error}")
 
 
 def as_bytes(value):

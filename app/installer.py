@@ -27,7 +27,7 @@ import re
 import time
 
 from .hasher import Hasher, HashError
-from .opfs import PIECE, not_found, options, pieces, remove
+from .opfs import PIECE, not_found, options, pieces, remove, storage_failure
 
 FOLDER = "models"
 RECORD = "installed.json"
@@ -606,9 +606,7 @@ async def _copy(source, folder, name):
 
 
 def storage_text(error: Exception) -> str:
-    text = f"{type(error).__name__}: {error}"
-    if "QuotaExceeded" in text:
-        return "the browser's storage for this site is full. Delete a model or gallery images, then Install resumes."
-    if "SecurityError" in text or "getDirectory" in text:
-        return "this browser does not let the page keep files (private browsing?), so models cannot be installed."
-    return str(error)
+    return {
+        "full": "the browser's storage for this site is full. Delete a model or gallery images, then Install resumes.",
+        "denied": "this browser does not let the page keep files (private browsing?), so models cannot be installed.",
+    }.get(storage_failure(error), str(error))

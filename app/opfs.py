@@ -13,6 +13,16 @@ def options(**values):
     return to_js(values, dict_converter=js.Object.fromEntries)
 
 
+def storage_failure(error: Exception) -> str | None:
+    """"full" (over the site's quota), "denied" (no OPFS here: private browsing, policy) or None (other)."""
+    text = f"{type(error).__name__}: {error}"
+    if "QuotaExceeded" in text:
+        return "full"
+    if "SecurityError" in text or "getDirectory" in text:
+        return "denied"
+    return None
+
+
 def not_found(error: Exception) -> bool:
     return "NotFoundError" in f"{type(error).__name__}: {error}"
 

@@ -12,7 +12,7 @@ import json
 import hf_tokenizers
 import numpy as np
 import ort
-from js import JSON, BigInt64Array, Float32Array, Int32Array, Object, Uint8Array
+from js import JSON, BigInt64Array, Float32Array, Function, Int32Array, Object, Uint8Array, Uint16Array
 from pyodide.ffi import create_once_callable, create_proxy, to_js
 
 from .onnx_external import split_external_data
@@ -20,8 +20,9 @@ from .runtime import input_spec
 
 DEFAULT_CHUNK_BYTES = 2**30  # each external-data chunk must fit one ArrayBuffer
 
+# fp16 models (the fp16 variants) take float16 tensors; ORT-web accepts their raw bits as a Uint16Array.
 _ARRAYS = {np.dtype(np.float32): ("float32", Float32Array), np.dtype(np.int64): ("int64", BigInt64Array),
-           np.dtype(np.int32): ("int32", Int32Array)}
+           np.dtype(np.int32): ("int32", Int32Array), np.dtype(np.float16): ("float16", Uint16Array)}
 
 
 def _js(obj):
@@ -31,13 +32,18 @@ def _js(obj):
 def to_tensor(arr: np.ndarray):
     name, typed = _ARRAYS[arr.dtype]
     data = typed.new(arr.size)
-    data.assign(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    data.assign(arr.view(np.uint16) if arr.dtype == np.float16 else arr)
     return ort.Tensor.new(name, data, _js(list(arr.shape)))
+
+
+# A tensor's bytes, taken in JS: Pyodide cannot wrap the Float16Array that holds an fp16 output.
+_tensor_bytes = Function.new("t", "return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)")
 
 
 def from_tensor(tensor) -> np.ndarray:
     dtype = input_spec(tensor.type, None).dtype
-    arr = np.frombuffer(tensor.data.to_bytes(), dtype=dtype).reshape(tensor.dims.to_py())
+    arr = np.frombuffer(_tensor_bytes(tensor).to_bytes(), dtype=dtype).reshape(tensor.dims.to_py())
     tensor.dispose()
     return arr
 
