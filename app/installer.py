@@ -354,9 +354,9 @@ class Installer:
                 progress["done"] += f["size"]
             await _write_json(folder, RECORD, record_for(entry))
             await remove(folder, WANTED)
-            for stale in leftovers(entry, await _sizes(folder)):
+            _, sizes, _ = await self.refresh(model_id)
+            for stale in leftovers(entry, sizes):  # not the bundle's files, so the state just read stands
                 await remove(folder, stale)
-            await self.refresh(model_id)
             self.status[model_id]["message"] = f"{name} is installed and verified."
         except asyncio.CancelledError:
             folder = await model_folder(model_id, create=False)

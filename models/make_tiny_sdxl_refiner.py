@@ -482,14 +482,7 @@ async def verify_async() -> float:
 
 
 def write_manifest() -> None:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(OUT):
-        dirnames[:] = sorted(d for d in dirnames if d != "reference")
-        for fn in sorted(filenames):
-            p = os.path.join(dirpath, fn)
-            rel = os.path.relpath(p, OUT).replace(os.sep, "/")
-            files.append({"path": rel, "size": os.path.getsize(p), "sha256": base.sha256_file(p)})
-    files.sort(key=lambda e: e["path"])
+    files = base.bundle_files(OUT, BUNDLE_ID)
     total_mb = sum(f["size"] for f in files) / 1e6
     manifest = {
         "id": BUNDLE_ID,
@@ -508,15 +501,7 @@ def write_manifest() -> None:
         "resolutions": RESOLUTIONS,
         "vae_scaling_factor": VAE_SCALING_FACTOR,
         "vae_scale_factor": VAE_SCALE_FACTOR,
-        "variants": [{
-            "id": "fp32",
-            "precision": "fp32",
-            "requires": {"webgpu": False, "shader_f16": False},
-            "gpu_memory_bytes": 100_000_000,
-            "disk_bytes": sum(f["size"] for f in files),
-            "files": [{"path": f["path"], "url": f"/models/{BUNDLE_ID}/{f['path']}", "size": f["size"],
-                       "sha256": f["sha256"]} for f in files],
-        }],
+        "variants": [base.fp32_variant(files, 100_000_000)],
     }
     base.write_json(MANIFEST, manifest)
 

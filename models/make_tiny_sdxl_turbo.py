@@ -737,15 +737,27 @@ def verify(save_png_dir: str | None = None) -> float:
 # manifest
 
 
-def write_manifest() -> None:
+def bundle_files(out: str, bundle_id: str) -> list[dict]:
+    """Every file of a generated bundle (its reference outputs aside) as a manifest file entry."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(OUT):
+    for dirpath, dirnames, filenames in os.walk(out):
         dirnames[:] = sorted(d for d in dirnames if d != "reference")
         for fn in sorted(filenames):
             p = os.path.join(dirpath, fn)
-            rel = os.path.relpath(p, OUT).replace(os.sep, "/")
-            files.append({"path": rel, "size": os.path.getsize(p), "sha256": sha256_file(p)})
-    files.sort(key=lambda e: e["path"])
+            rel = os.path.relpath(p, out).replace(os.sep, "/")
+            files.append({"path": rel, "url": f"/models/{bundle_id}/{rel}", "size": os.path.getsize(p),
+                          "sha256": sha256_file(p)})
+    return sorted(files, key=lambda e: e["path"])
+
+
+def fp32_variant(files: list[dict], gpu_memory_bytes: int, **extra) -> dict:
+    """The one variant of a tiny model: fp32, which runs anywhere (the wasm back end included)."""
+    return {"id": "fp32", "precision": "fp32", "requires": {"webgpu": False, "shader_f16": False},
+            "gpu_memory_bytes": gpu_memory_bytes, "disk_bytes": sum(f["size"] for f in files), **extra, "files": files}
+
+
+def write_manifest() -> None:
+    files = bundle_files(OUT, BUNDLE_ID)
     manifest = {
         "id": BUNDLE_ID,
         "name": "Tiny SDXL-Turbo (test model)",
@@ -763,18 +775,8 @@ def write_manifest() -> None:
         "bench": True,
         "vae_scaling_factor": VAE_SCALING_FACTOR,
         "vae_scale_factor": VAE_SCALE_FACTOR,
-        "variants": [{
-            "id": "fp32",
-            "precision": "fp32",
-            # Small enough for the wasm (CPU) back end; also the model the device bench times.
-            "requires": {"webgpu": False, "shader_f16": False},
-            "gpu_memory_bytes": 200_000_000,
-            "disk_bytes": sum(f["size"] for f in files),
-            # Small chunks, so that tests take the chunked external-data load path real models need.
-            "external_data_chunk_bytes": 262144,
-            "files": [{"path": f["path"], "url": f"/models/{BUNDLE_ID}/{f['path']}", "size": f["size"],
-                       "sha256": f["sha256"]} for f in files],
-        }],
+        # Small chunks, so that tests take the chunked external-data load path real models need.
+        "variants": [fp32_variant(files, 200_000_000, external_data_chunk_bytes=262144)],
     }
     write_json(MANIFEST, manifest)
 
