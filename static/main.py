@@ -33,6 +33,13 @@ def show_error(text):
     box.hidden = not text
 
 
+def count(id, name):
+    """Bump a counter kept on an element as data-NAME. Counters only grow, so a script or a test can
+    wait for "at least n" instead of racing a status text that may come and go between two looks."""
+    node = el(id)
+    node.setAttribute(f"data-{name}", str(int(node.getAttribute(f"data-{name}") or 0) + 1))
+
+
 def set_status(text, fraction=None):
     el("status").textContent = text
     if fraction is not None:
@@ -149,6 +156,7 @@ def on_bench(msg):
     el("rebench").disabled = False
     state["bench_id"] = None
     apply_bench(result)
+    count("tier", "measured")  # benchmarks finished on this page
 
 
 def on_bench_failed(msg):
@@ -204,6 +212,8 @@ STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Encoding the pro
 
 
 def on_progress(msg):
+    if msg.stage in ("denoise", "refine") and msg.step:
+        count("status", "steps")  # denoising steps shown on this page
     if msg.stage == "denoise":
         text = f"Denoising: step {msg.step} of {msg.steps}…" if msg.step else "Denoising…"
     elif msg.stage == "refine":
@@ -311,6 +321,7 @@ def finish(job_id, text):
     if job_id not in jobs:  # e.g. a queued request the page already dropped
         return
     jobs.pop(job_id)
+    count("status", "finished")  # runs ended on this page (done, cancelled or stopped)
     el("cancel").disabled = not jobs
     render_queue()
     if jobs and text == "Done.":

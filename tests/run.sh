@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test, also on a brand-new Debian 12 machine (as root or not):
 # installs what is missing (Chromium, npm, python3-venv) with apt-get, makes .venv, installs the
-# project with its test extras, builds the site (build.py), then runs pytest with any arguments
-# given here. Exits with pytest's exit code.
+# pinned test stack (tests/requirements.lock) and the project, builds the site (build.py), then runs
+# pytest with any arguments given here. Exits with pytest's exit code.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,6 +25,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" -r tests/requirements.lock  # exactly the versions the references were checked against
+"${pip[@]}" --no-deps --no-build-isolation -e .  # the project itself, nothing else fetched
 .venv/bin/python build.py
 exec .venv/bin/python -m pytest -q "$@"

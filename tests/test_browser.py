@@ -27,11 +27,57 @@ def fill(page, prompt=PROMPT, seed="7", steps="2", resolution="64x64"):
     page.get_by_label("Resolution").select_option(resolution)
 
 
+# Tests never wait for a status text that may come and go between two looks: they wait for the
+# counters the page keeps, which only grow (static/main.py `count`): on #status, data-steps
+# (denoising steps shown) and data-finished (runs ended); on #tier, data-measured (benchmarks done).
+def counter(page, name, where="#status"):
+    return int(page.locator(where).get_attribute(f"data-{name}") or 0)
+
+
+def wait_counter(page, name, at_least, where="#status", timeout=RUN_TIMEOUT_MS):
+    page.wait_for_function("([where, name, n]) => +(document.querySelector(where).dataset[name] || 0) >= n",
+                           arg=[where, name, at_least], timeout=timeout)
+
+
+def press_and_wait(page, button="Generate", runs=1, ending="Done."):
+    """Press a button that starts `runs` runs, wait until the page has ended that many more runs,
+    and check how the last one ended (a status that stays until the next action)."""
+    finished = counter(page, "finished")
+    page.get_by_role("button", name=button, exact=True).click()
+    wait_counter(page, "finished", finished + runs)
+    expect(page.get_by_role("status")).to_have_text(ending)
+
+
+# Records every text a page element is given, in order, from the mutation records themselves
+# (not by re-reading the element later), so no text is missed however fast they follow each other.
+RECORD = """(ids) => {
+    (window.__observers || []).forEach((o) => o.disconnect());
+    window.__seen = {};
+    window.__observers = ids.map((id) => {
+        const seen = window.__seen[id] = [];
+        const observer = new MutationObserver((records) => records.forEach((r) => {
+            if (r.type === 'characterData') seen.push(r.target.data);
+            else if (r.addedNodes.length) r.addedNodes.forEach((n) => seen.push(n.textContent));
+            else seen.push('');
+        }));
+        observer.observe(document.getElementById(id), {childList: true, characterData: true, subtree: true});
+        return observer;
+    });
+}"""
+
+
+def record(page, *ids):
+    page.evaluate(RECORD, list(ids))
+
+
+def recorded(page, id):
+    return page.evaluate("(id) => window.__seen[id]", id)
+
+
 def generate_and_download(page):
     """Click Generate, wait for the result image, and return (download name, PNG bytes)."""
     page.evaluate("document.getElementById('result').removeAttribute('src')")
-    page.get_by_role("button", name="Generate").click()
-    expect(page.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
+    press_and_wait(page)
     with page.expect_download() as info:
         page.get_by_role("button", name="Download").click()
     download = info.value
@@ -50,13 +96,9 @@ def test_page_boots_offline_on_webgpu(app):
 
 def test_generated_png_matches_cpython_pipeline_and_carries_metadata(app, cpu_pipeline, manifest_entry):
     fill(app)
-    app.evaluate("""() => {
-        window.__stages = [];
-        new MutationObserver(() => window.__stages.push(document.getElementById('status').textContent))
-            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
-    }""")
+    record(app, "status")
     name, png = generate_and_download(app)
-    stages = app.evaluate("window.__stages")
+    stages = recorded(app, "status")
     assert any("Denoising: step 2 of 2" in s for s in stages), stages
     assert any("Decoding" in s for s in stages), stages
 
@@ -113,11 +155,13 @@ def test_page_stays_responsive_while_generating(app):
         new PerformanceObserver((list) => list.getEntries().forEach(e => window.__probe.longTasks.push(e.duration)))
             .observe({type: 'longtask'});
     }""")
+    steps, finished = counter(app, "steps"), counter(app, "finished")
     app.get_by_role("button", name="Generate").click()
-    expect(app.get_by_role("status")).to_contain_text("Denoising", timeout=RUN_TIMEOUT_MS)
+    wait_counter(app, "steps", steps + 1)  # denoising has begun
     app.get_by_label("Prompt").press_sequentially(" typed")
     expect(app.get_by_label("Prompt")).to_have_value(PROMPT + " typed")
-    expect(app.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
+    wait_counter(app, "finished", finished + 1)
+    expect(app.get_by_role("status")).to_have_text("Done.")
     probe = app.evaluate("() => { window.__probe.running = false; return window.__probe; }")
     print(f"responsiveness: longest frame gap {probe['maxGap']:.0f} ms, long tasks {probe['longTasks']}")
     assert probe["maxGap"] < 500
@@ -126,10 +170,12 @@ def test_page_stays_responsive_while_generating(app):
 
 def test_cancel_stops_the_run_and_the_next_one_succeeds(app):
     fill(app, seed="9", steps="4")
+    steps, finished = counter(app, "steps"), counter(app, "finished")
     app.get_by_role("button", name="Generate").click()
-    expect(app.get_by_role("status")).to_contain_text("Denoising", timeout=RUN_TIMEOUT_MS)
+    wait_counter(app, "steps", steps + 1)  # denoising has begun
     app.get_by_role("button", name="Cancel", exact=True).click()
-    expect(app.get_by_role("status")).to_have_text("Cancelled.", timeout=RUN_TIMEOUT_MS)
+    wait_counter(app, "finished", finished + 1)
+    expect(app.get_by_role("status")).to_have_text("Cancelled.")
     fill(app, seed="9", steps="1")
     name, png = generate_and_download(app)
     assert name.endswith("_9.png") and read_parameters(png)["steps"] == 1
@@ -143,9 +189,8 @@ def test_cancel_stops_the_run_and_the_next_one_succeeds(app):
 ])
 def test_bad_input_is_explained_on_the_page(app, field, message):
     fill(app, **field)
-    app.get_by_role("button", name="Generate").click()
+    press_and_wait(app, ending="Stopped.")
     expect(app.get_by_role("alert")).to_contain_text(message)
-    expect(app.get_by_role("status")).to_have_text("Stopped.")
 
 
 def test_resolution_the_model_cannot_take_is_explained(app):

@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from app.pipeline import to_uint8
 from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, run
-from test_browser import PIXEL_TOLERANCE, fill, generate_and_download
+from test_browser import PIXEL_TOLERANCE, counter, fill, generate_and_download, press_and_wait, record, recorded, wait_counter
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +29,18 @@ INJECT_OOM = """(() => {
         return buffer;
     };
 })()"""
-DESTROY_DEVICE = "ort.env.webgpu.device.destroy()"
+# Loses the worker's GPU device at an exact point of a run: right when the worker reports a given
+# progress stage (and step) to the page, before its next GPU work. No timing is involved.
+LOSE_DEVICE_AT = """([stage, step]) => {
+    const post = self.postMessage;
+    self.postMessage = function (message, transfer) {
+        if (message?.type === 'progress' && message.stage === stage && (step === null || message.step === step)) {
+            self.postMessage = post;
+            ort.env.webgpu.device.destroy();
+        }
+        return post.call(this, message, transfer);
+    };
+}"""
 # Live GPU buffers (count and bytes) as seen from the worker: createBuffer/destroy are wrapped.
 TRACK_BUFFERS = """(() => {
     const live = new Map();
@@ -38,14 +49,6 @@ TRACK_BUFFERS = """(() => {
     GPUDevice.prototype.createBuffer = function (d) { const b = create.call(this, d); live.set(b, d.size); return b; };
     GPUBuffer.prototype.destroy = function () { live.delete(this); return destroy.call(this); };
 })()"""
-
-
-def watch_status(page):
-    page.evaluate("""() => {
-        window.__stages = [];
-        new MutationObserver(() => window.__stages.push(document.getElementById('status').textContent))
-            .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true});
-    }""")
 
 
 def test_device_panel_shows_capabilities_and_measured_tier(app):
@@ -60,9 +63,10 @@ def test_device_panel_shows_capabilities_and_measured_tier(app):
     print(tier.text_content())
     stored = json.loads(app.evaluate("localStorage.getItem('lantern.bench')"))
     assert stored["result"]["tier"] in ("fast", "medium", "slow") and stored["result"]["step_ms"] > 0
+    measured = counter(app, "measured", "#tier")
     app.get_by_role("button", name="Re-run benchmark").click()
-    expect(tier).to_contain_text("measuring")
-    expect(tier).to_contain_text(" ms (runs: ", timeout=RUN_TIMEOUT_MS)
+    wait_counter(app, "measured", measured + 1, "#tier")
+    expect(tier).to_contain_text(" ms (runs: ")
     app.get_by_text("Device", exact=True).click()
 
 
@@ -72,12 +76,10 @@ def test_device_lost_mid_run_recovers_and_finishes_identically_10_of_10(app):
     recovered = 0
     for i in range(10):
         k = 1 + i % 3
-        watch_status(app)
-        app.get_by_role("button", name="Generate").click()
-        expect(app.get_by_role("status")).to_have_text(f"Denoising: step {k} of 4…", timeout=RUN_TIMEOUT_MS)
-        app.workers[-1].evaluate(DESTROY_DEVICE)
-        expect(app.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
-        stages = app.evaluate("window.__stages")
+        app.workers[-1].evaluate(LOSE_DEVICE_AT, ["denoise", k])  # the worker that will run this request
+        record(app, "status")
+        press_and_wait(app)
+        stages = recorded(app, "status")
         assert any("device lost" in s for s in stages), stages
         with app.expect_download() as info:
             app.get_by_role("button", name="Download").click()
@@ -88,28 +90,40 @@ def test_device_lost_mid_run_recovers_and_finishes_identically_10_of_10(app):
 
 def test_recovery_that_keeps_failing_stops_with_a_retry_button(app):
     fill(app, seed="22", steps="2")
-    app.get_by_role("button", name="Generate").click()
-    for _ in range(3):  # the loss, then two failed recoveries
-        expect(app.get_by_role("status")).to_have_text("Encoding the prompt…", timeout=RUN_TIMEOUT_MS)
-        app.workers[-1].evaluate(DESTROY_DEVICE)
-        expect(app.get_by_role("status")).not_to_have_text("Encoding the prompt…", timeout=RUN_TIMEOUT_MS)
-    expect(app.get_by_role("alert")).to_contain_text("The GPU keeps failing", timeout=RUN_TIMEOUT_MS)
-    expect(app.get_by_role("status")).to_have_text("Stopped.")
-    app.get_by_role("button", name="Retry").click()
-    expect(app.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
+    record(app, "status")
+    # The loss, then two failed recoveries: the running worker and the next two replacements lose
+    # their device as they start encoding the prompt. A replacement gets the fault with its script
+    # (prepended to worker.mjs as served), so it is in place before that worker runs anything.
+    app.workers[-1].evaluate(LOSE_DEVICE_AT, ["encode prompt", None])
+    faulty = [2]
+
+    def serve_worker(route):
+        response = route.fetch()
+        body = response.text()
+        if faulty[0]:
+            faulty[0] -= 1
+            body = f"({LOSE_DEVICE_AT})(['encode prompt', null]);\n{body}"
+        route.fulfill(response=response, body=body)
+
+    app.route("**/worker.mjs", serve_worker)
+    try:
+        press_and_wait(app, ending="Stopped.")
+    finally:
+        app.unroute("**/worker.mjs", serve_worker)
+    assert faulty == [0] and sum("device lost" in s for s in recorded(app, "status")) == 2, recorded(app, "status")
+    expect(app.get_by_role("alert")).to_contain_text("The GPU keeps failing")
+    press_and_wait(app, "Retry")
     expect(app.get_by_role("button", name="Retry")).to_be_hidden()
 
 
 def test_out_of_memory_offers_a_lower_preset_and_the_retry_succeeds(app):
     fill(app, seed="23", steps="3", resolution="128x128")
-    app.get_by_role("button", name="Generate").click()
-    expect(app.get_by_role("status")).to_have_text("Encoding the prompt…", timeout=RUN_TIMEOUT_MS)
-    app.workers[-1].evaluate(INJECT_OOM)
-    expect(app.get_by_role("alert")).to_contain_text("The GPU ran out of memory", timeout=RUN_TIMEOUT_MS)
+    app.workers[-1].evaluate(INJECT_OOM)  # the worker that will run this request
+    press_and_wait(app, ending="Stopped.")
+    expect(app.get_by_role("alert")).to_contain_text("The GPU ran out of memory")
     retry = app.get_by_role("button", name="Retry at 96x64, 2 steps")
     expect(retry).to_be_visible()
-    retry.click()
-    expect(app.get_by_role("status")).to_have_text("Done.", timeout=RUN_TIMEOUT_MS)
+    press_and_wait(app, "Retry at 96x64, 2 steps")
     expect(app.get_by_label("Resolution")).to_have_value("96x64")
     with app.expect_download() as info:
         app.get_by_role("button", name="Download").click()

@@ -170,7 +170,8 @@ def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
     second = sites(new_site, port=first.port)
     page.reload()  # served by the old worker; the new one installs, takes over and the page reloads itself
     expect(page.locator('meta[name="build-check"]')).to_have_count(1, timeout=BOOT_TIMEOUT_MS)
-    page.wait_for_function(f"async () => (await caches.keys()).join() === 'lantern-{new['version']}'")
+    page.wait_for_function(f"async () => (await caches.keys()).join() === 'lantern-{new['version']}'",
+                           timeout=BOOT_TIMEOUT_MS)
     assert page.evaluate(CACHES) == {f"lantern-{new['version']}": sorted(new["files"])}
     # unchanged files were copied from the old cache: only sw.js and the changed index.html were fetched
     assert set(p for p in second.requests if not p.startswith("/models/")) <= {UPDATE_CHECK, "/index.html"}

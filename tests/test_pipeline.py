@@ -3,26 +3,21 @@
 import numpy as np
 
 from app.pipeline import SDXLTurbo, to_uint8
-from conftest import run
-
-TOLERANCE = 1e-4  # fp32; wiring mistakes move the image by 1e-3 or more
+from conftest import assert_close, run
 
 
 def test_every_recorded_case_matches_diffusers(cpu_pipeline, cases, reference):
     assert len(cases["cases"]) >= 6
     for case in cases["cases"]:
         image = run(cpu_pipeline.generate(case["prompt"], case["seed"], case["steps"], case["height"], case["width"]))
-        expected = reference[f"{case['key']}_image"]
-        assert image.shape == expected.shape
-        diff = np.abs(image - expected).max()
-        assert diff <= TOLERANCE, f"{case['key']}: max |diff| {diff:.2e}"
+        assert_close(image, reference[f"{case['key']}_image"], what=case["key"])
 
 
 def test_prompt_embeddings_match_diffusers(cpu_pipeline, cases, reference):
     case = cases["cases"][0]
     embeds, pooled = run(cpu_pipeline.encode_prompt(case["prompt"]))
-    np.testing.assert_allclose(embeds[0], reference[f"{case['key']}_prompt_embeds"], atol=1e-5)
-    np.testing.assert_allclose(pooled[0], reference[f"{case['key']}_pooled"], atol=1e-5)
+    assert_close(embeds[0], reference[f"{case['key']}_prompt_embeds"], what="prompt embeds")
+    assert_close(pooled[0], reference[f"{case['key']}_pooled"], what="pooled")
 
 
 def test_seed_prompt_and_steps_each_change_the_image(cpu_pipeline):

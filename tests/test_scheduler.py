@@ -3,13 +3,14 @@ import pytest
 
 from app.sampling import sample_euler_ancestral
 from app.scheduler import make_schedule
-from conftest import run
+from conftest import assert_close, run
 
 
 def test_schedule_matches_diffusers_for_every_recorded_case(cases, reference):
     for case in cases["cases"]:
         s = make_schedule(case["steps"])
         np.testing.assert_allclose(s.timesteps, reference[f"{case['key']}_timesteps"], rtol=0, atol=1e-4)
+        # numpy float math against diffusers': rtol 1e-5 is ~80 float32 steps of each sigma
         np.testing.assert_allclose(s.sigmas, reference[f"{case['key']}_sigmas"], rtol=1e-5, atol=1e-5)
 
 
@@ -37,5 +38,5 @@ def test_euler_ancestral_with_a_perfect_denoiser_lands_on_it():
     x0 = np.random.default_rng(0).standard_normal(target.shape).astype(np.float32) * s.sigmas[0]
     noises = [np.ones_like(target)] * 4
     out = run(sample_euler_ancestral(model, x0, s.sigmas, noises, callback))
-    np.testing.assert_allclose(out, target, atol=1e-6)
+    assert_close(out, target, rel=1e-5, what="last step")  # float32 rounding only
     assert seen == [0, 1, 2, 3]
