@@ -57,9 +57,9 @@ self.addEventListener("install", (event) => {
 
 self.addEventListener("activate", (event) => {
   event.waitUntil((async () => {
+    await self.clients.claim(); // first, so that no page is left with a worker whose cache is gone
     const names = await caches.keys();
     await Promise.all(names.filter((n) => n.startsWith(PREFIX) && n !== CACHE).map((n) => caches.delete(n)));
-    await self.clients.claim();
   })());
 });
 
@@ -73,7 +73,10 @@ self.addEventListener("fetch", (event) => {
   const path = url.pathname.slice(scope.pathname.length) || "index.html";
   if (!Object.hasOwn(BUILD.files, path)) return;
   event.respondWith((async () => {
-    const cached = await caches.match(new URL(path, scope).href, { cacheName: CACHE });
-    return cached || isolated(await fetch(request), null); // evicted by the browser: fetch it again
+    const url = new URL(path, scope).href;
+    // A request this worker took just before a newer version deleted its cache finds the same bytes
+    // in the newer cache; only a file evicted by the browser is fetched again.
+    const cached = (await caches.match(url, { cacheName: CACHE })) || (await unchangedCopy(url, BUILD.files[path]));
+    return cached || isolated(await fetch(request), null);
   })());
 });

@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import BOOT_TIMEOUT_MS, ROOT, RUN_TIMEOUT_MS, SITE
+from test_browser import wait_counter
 
 sys.path.insert(0, str(ROOT))
 import build  # noqa: E402
@@ -156,6 +157,10 @@ def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
     page = context.new_page()
     page.goto(first.url)
     wait_controlled(page)
+    # ... and done with its first visit (boot, first-visit bench): no request of the old page's own
+    # (still uncontrolled) worker may reach the server that replaces this one on the same port
+    wait_ready(page)
+    wait_counter(page, "measured", 1, "#tier")
 
     new_site = tmp_path / "site"
     shutil.copytree(built, new_site)
