@@ -393,7 +393,7 @@ def models_manifest(root: Path) -> bytes:
     """The models_manifest/<id>.json entries as {"schema": 1, "models": [...]}, ordered by file name.
     An entry the app would reject is left out with a warning, so one unfinished entry (say, sizes
     not yet filled in) does not stop the build."""
-    from app.manifest import SCHEMA, model_problems
+    from app.store.manifest import SCHEMA, model_problems
 
     models = []
     for path in sorted((root / "models_manifest").glob("*.json")):

@@ -27,8 +27,8 @@ Writes:
         reference/reference.npz        base latents in, diffusers StableDiffusionXLImg2ImgPipeline image out
     models_manifest/tiny-sdxl-refiner.json
 
-The base latents of each case come from app/pipeline.py (SDXLTurbo on onnxruntime); --verify runs
-app/refiner.py on onnxruntime against the recorded diffusers references.
+The base latents of each case come from app/pipeline/turbo.py (SDXLTurbo on onnxruntime); --verify runs
+app/pipeline/refiner.py on onnxruntime against the recorded diffusers references.
 """
 
 from __future__ import annotations
@@ -126,38 +126,13 @@ def case_key(i, prompt, seed, base_steps, h, w, strength, steps, guidance, aesth
 
 def build_refiner_unet():
     import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
 
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=2,  # diffusers naming: number of heads
-        transformer_layers_per_block=1,
-        cross_attention_dim=TE2["hidden_size"],  # the refiner sees text_encoder_2 only
-        addition_embed_type="text_time",
-        addition_time_embed_dim=ADD_TIME_DIM,
-        projection_class_embeddings_input_dim=TE2["projection_dim"] + N_TIME_IDS * ADD_TIME_DIM,
-        use_linear_projection=True,
-    ).eval()
-    unet.set_attn_processor(AttnProcessor())
+    unet = base.tiny_unet(TE2["hidden_size"], N_TIME_IDS)  # the refiner sees text_encoder_2 only
     # As in the base model: larger cross-attention and text/time embedding weights, so that the prompt
     # and the aesthetic score visibly change the picture.
     with torch.no_grad():
-        for name, mod in unet.named_modules():
-            if name.endswith("attn2"):
-                mod.to_q.weight.mul_(3.0)
-                mod.to_k.weight.mul_(6.0)
-                mod.to_v.weight.mul_(6.0)
-                mod.to_out[0].weight.mul_(5.0)
-        unet.add_embedding.linear_1.weight.mul_(5.0)
+        base.strengthen_conditioning(unet)
         # the aesthetic score's columns (the last time id) once more: the tiny 8-wide sinusoidal time
         # embedding alone moves the picture by only ~1e-4 per score point
         unet.add_embedding.linear_1.weight[:, -ADD_TIME_DIM:].mul_(8.0)
@@ -196,22 +171,7 @@ def check_copies_match_torch(te2, vae) -> None:
 
 
 def export_unet(unet) -> None:
-    import onnx
     import torch
-
-    class UNet(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
-            return self.model(
-                sample,
-                timestep,
-                encoder_hidden_states=encoder_hidden_states,
-                added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-                return_dict=False,
-            )[0]
 
     g = torch.Generator().manual_seed(SEED + 1)
     args = (
@@ -221,41 +181,17 @@ def export_unet(unet) -> None:
         torch.randn(1, TE2["projection_dim"], generator=g),
         torch.tensor([[64.0, 64.0, 0.0, 0.0, 6.0]]),
     )
-    path = os.path.join(OUT, "unet", "model.onnx")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            UNet(unet),
-            args,
-            path,
-            input_names=["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"],
-            output_names=["out_sample"],
-            dynamic_axes={
-                "sample": {0: "batch_size", 2: "height", 3: "width"},
-                "encoder_hidden_states": {0: "batch_size"},
-                "text_embeds": {0: "batch_size"},
-                "time_ids": {0: "batch_size"},
-                "out_sample": {0: "batch_size", 2: "height", 3: "width"},
-            },
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    model = onnx.load(path)
-    onnx.checker.check_model(model)
-    model.doc_string = ""  # exporter metadata: not needed, keeps the file stable
-    for node in model.graph.node:
-        node.doc_string = ""
-    onnx.save(model, path)
+    base.export_module(base.unet_module(unet), args, os.path.join(OUT, "unet", "model.onnx"), base.UNET_INPUTS,
+                       base.UNET_OUTPUTS, base.UNET_DYNAMIC_AXES)
 
 
 # ----------------------------------------------------------------------------
-# base latents (app/pipeline.py on onnxruntime) and diffusers references
+# base latents (app/pipeline/turbo.py on onnxruntime) and diffusers references
 
 
 async def base_latents_for_cases() -> list:
-    from app.pipeline import SDXLTurbo
-    from app.runtime_ort import OrtRuntime
+    from app.pipeline.turbo import SDXLTurbo
+    from app.runtime.ort import OrtRuntime
 
     with open(BASE_MANIFEST, encoding="utf-8") as f:
         entry = json.load(f)
@@ -279,7 +215,7 @@ def record_references(te2, vae, unet, base_latents) -> None:
     from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as i2i
     from transformers import CLIPTokenizer
 
-    from app.seeds import refiner_noise
+    from app.pipeline.seeds import refiner_noise
 
     tok2 = CLIPTokenizer.from_pretrained(os.path.join(OUT, "tokenizer_2"))
     cfg = {k: v for k, v in SCHEDULER_CONFIG.items() if not k.startswith("_")}
@@ -382,7 +318,7 @@ def record_references(te2, vae, unet, base_latents) -> None:
             "requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, EulerDiscreteScheduler from "
             "scheduler_config.json) built from the same torch modules as the ONNX files. image = the base latents "
             "[1,4,h/8,w/8] (4 channels: diffusers uses them as latents, unscaled). The base latents are the final "
-            "latents of app/pipeline.py SDXLTurbo on models/tiny-sdxl-turbo (prompt, seed, base_steps, height, "
+            "latents of app/pipeline/turbo.py SDXLTurbo on models/tiny-sdxl-turbo (prompt, seed, base_steps, height, "
             "width). Noise: numpy Generator(PCG64([seed, 1])).standard_normal((1,4,h/8,w/8), float32), drawn once, "
             "as img2img's add_noise noise (Euler draws none with s_churn=0). Guidance > 1: negative prompt \"\" and "
             "negative_aesthetic_score. reference.npz keys: {key}_base_latents, {key}_image (HWC float32 in [0,1]), "
@@ -397,12 +333,12 @@ def record_references(te2, vae, unet, base_latents) -> None:
 
 
 # ----------------------------------------------------------------------------
-# verify with app/refiner.py on onnxruntime
+# verify with app/pipeline/refiner.py on onnxruntime
 
 
 async def verify_async() -> float:
-    from app.refiner import SDXLRefiner
-    from app.runtime_ort import OrtRuntime
+    from app.pipeline.refiner import SDXLRefiner
+    from app.runtime.ort import OrtRuntime
 
     with open(MANIFEST, encoding="utf-8") as f:
         manifest = json.load(f)
@@ -473,7 +409,7 @@ async def verify_async() -> float:
         assert base.sha256_file(os.path.join(OUT, path)) == base.sha256_file(os.path.join(BASE_OUT, path)), path
     print(f"  manifest: {len(files)} files, sizes and sha256 match; {len(COPIED)} files identical to the base's")
     refiner.release()
-    print(f"max abs diff (app/refiner.py on onnxruntime vs diffusers), all cases: {worst:.3e}")
+    print(f"max abs diff (app/pipeline/refiner.py on onnxruntime vs diffusers), all cases: {worst:.3e}")
     return worst
 
 
@@ -511,27 +447,12 @@ def write_manifest() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--verify", action="store_true", help="only verify the existing bundle (app/refiner.py on onnxruntime)")
+    ap.add_argument("--verify", action="store_true", help="only verify the existing bundle (app/pipeline/refiner.py on onnxruntime)")
     args = ap.parse_args()
 
     if not args.verify:
         t0 = time.time()
-        try:
-            import torch
-        except ImportError:
-            sys.exit("building needs torch, diffusers, transformers, onnx, onnxruntime (pip install them)")
-        import warnings
-
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
-        import diffusers
-        import transformers
-
-        transformers.logging.set_verbosity_error()  # the long prompt's truncation notices are expected
-        diffusers.logging.set_verbosity_error()
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
+        base.prepare_torch()
         for path in COPIED + ["unet/model.onnx", "scheduler_config.json"]:
             if not os.path.exists(os.path.join(BASE_OUT, path)):
                 sys.exit(f"{os.path.join(BASE_OUT, path)} is missing: run models/make_tiny_sdxl_turbo.py first")
@@ -549,16 +470,11 @@ def main() -> int:
         base_latents = asyncio.run(base_latents_for_cases())
         record_references(te2, vae, unet, base_latents)
         write_manifest()
-        print(f"built {OUT} in {time.time() - t0:.1f} s")
-        for dirpath, _, filenames in sorted(os.walk(OUT)):
-            for fn in sorted(filenames):
-                p = os.path.join(dirpath, fn)
-                print(f"  {os.path.relpath(p, ROOT):55s} {os.path.getsize(p):>10,d}")
-        print(f"  {os.path.relpath(MANIFEST, ROOT):55s} {os.path.getsize(MANIFEST):>10,d}")
+        base.list_bundle(OUT, MANIFEST, t0)
 
     worst = asyncio.run(verify_async())
     if worst > 1e-4:
-        print("FAIL: app/refiner.py differs from diffusers by more than 1e-4")
+        print("FAIL: app/pipeline/refiner.py differs from diffusers by more than 1e-4")
         return 1
     return 0
 

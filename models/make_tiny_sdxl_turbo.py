@@ -280,7 +280,7 @@ def tok_ids(tok, prompt: str) -> list:
 
 def build_models():
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
     from diffusers.models.attention_processor import AttnProcessor
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -298,24 +298,7 @@ def build_models():
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(**common, **TE2)).eval()
 
     torch.manual_seed(SEED + 2)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=2,  # diffusers naming: number of heads
-        transformer_layers_per_block=1,
-        cross_attention_dim=TE1["hidden_size"] + TE2["hidden_size"],
-        addition_embed_type="text_time",
-        addition_time_embed_dim=ADD_TIME_DIM,
-        projection_class_embeddings_input_dim=TE2["projection_dim"] + 6 * ADD_TIME_DIM,
-        use_linear_projection=True,
-    ).eval()
-    unet.set_attn_processor(AttnProcessor())
+    unet = tiny_unet(TE1["hidden_size"] + TE2["hidden_size"], 6)
 
     torch.manual_seed(SEED + 3)
     vae = AutoencoderKL(
@@ -344,18 +327,113 @@ def build_models():
             emb.token_embedding.weight.copy_(torch.randn(emb.token_embedding.weight.shape, generator=g))
             emb.position_embedding.weight.mul_(10.0)
         # cross-attention and the pooled-text/time embedding: larger weights so the text matters
-        for name, mod in unet.named_modules():
-            if name.endswith("attn2"):
-                mod.to_q.weight.mul_(3.0)
-                mod.to_k.weight.mul_(6.0)
-                mod.to_v.weight.mul_(6.0)
-                mod.to_out[0].weight.mul_(5.0)
-        unet.add_embedding.linear_1.weight.mul_(5.0)
+        strengthen_conditioning(unet)
     return te1, te2, unet, vae
+
+
+def tiny_unet(cross_attention_dim, n_time_ids):
+    """A tiny SDXL-architecture UNet (text_time conditioning); seed torch before calling."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=2,  # diffusers naming: number of heads
+        transformer_layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=ADD_TIME_DIM,
+        projection_class_embeddings_input_dim=TE2["projection_dim"] + n_time_ids * ADD_TIME_DIM,
+        use_linear_projection=True,
+    ).eval()
+    unet.set_attn_processor(AttnProcessor())
+    return unet
+
+
+def strengthen_conditioning(unet):
+    """Larger cross-attention and text/time embedding weights, so that the prompt visibly changes the
+    picture (call under torch.no_grad())."""
+    for name, mod in unet.named_modules():
+        if name.endswith("attn2"):
+            mod.to_q.weight.mul_(3.0)
+            mod.to_k.weight.mul_(6.0)
+            mod.to_v.weight.mul_(6.0)
+            mod.to_out[0].weight.mul_(5.0)
+    unet.add_embedding.linear_1.weight.mul_(5.0)
 
 
 # ----------------------------------------------------------------------------
 # ONNX export
+
+
+UNET_INPUTS = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+UNET_OUTPUTS = ["out_sample"]
+UNET_DYNAMIC_AXES = {
+    "sample": {0: "batch_size", 2: "height", 3: "width"},
+    "encoder_hidden_states": {0: "batch_size"},
+    "text_embeds": {0: "batch_size"},
+    "time_ids": {0: "batch_size"},
+    "out_sample": {0: "batch_size", 2: "height", 3: "width"},
+}
+
+
+def unet_module(unet):
+    """The diffusers UNet with SDXL's added conditions as plain inputs, for export."""
+    import torch
+
+    class UNet(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+            return self.model(
+                sample,
+                timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+                return_dict=False,
+            )[0]
+
+    return UNet(unet)
+
+
+def export_module(module, args, path, input_names, output_names, dynamic_axes, external_data=False):
+    """Export with the TorchScript exporter (opset OPSET, fp32), check the model, strip exporter
+    metadata (not needed, and it keeps the file stable); weights in model.onnx_data if external_data."""
+    import onnx
+    import torch
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            path,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    model.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+    if external_data:
+        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx_data", size_threshold=1024)
+    else:
+        onnx.save(model, path)
 
 
 def export_onnx(te1, te2, unet, vae) -> None:
@@ -373,20 +451,6 @@ def export_onnx(te1, te2, unet, vae) -> None:
             second = out.last_hidden_state if self.with_projection else out.pooler_output
             return (first, second, *out.hidden_states)
 
-    class UNet(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
-            return self.model(
-                sample,
-                timestep,
-                encoder_hidden_states=encoder_hidden_states,
-                added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
-                return_dict=False,
-            )[0]
-
     class VaeDecoder(torch.nn.Module):
         def __init__(self, model):
             super().__init__()
@@ -394,35 +458,6 @@ def export_onnx(te1, te2, unet, vae) -> None:
 
         def forward(self, latent_sample):
             return self.model.decode(latent_sample, return_dict=False)[0]
-
-    def export(module, args, path, input_names, output_names, dynamic_axes):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                args,
-                path,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        import onnx
-
-        model = onnx.load(path)
-        onnx.checker.check_model(model)
-        # strip exporter metadata that is not needed and keep the file stable
-        model.doc_string = ""
-        for node in model.graph.node:
-            node.doc_string = ""
-        if os.path.basename(os.path.dirname(path)) == "unet":
-            # Weights in a separate file, like the real UNet (whose 10.3 GB must be loaded in chunks).
-            onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                      location="model.onnx_data", size_threshold=1024)
-        else:
-            onnx.save(model, path)
 
     ids = torch.full((1, MAX_LEN), EOS_ID, dtype=torch.int64)
     ids[0, 0] = BOS_ID
@@ -437,7 +472,7 @@ def export_onnx(te1, te2, unet, vae) -> None:
         dyn = {"input_ids": {0: "batch_size"}}
         for o in outs:
             dyn[o] = {0: "batch_size"}
-        export(TextEncoder(model, proj), (ids.to(dtype),), os.path.join(OUT, sub, "model.onnx"), ["input_ids"], outs, dyn)
+        export_module(TextEncoder(model, proj), (ids.to(dtype),), os.path.join(OUT, sub, "model.onnx"), ["input_ids"], outs, dyn)
 
     D = TE1["hidden_size"] + TE2["hidden_size"]
     args = (
@@ -447,21 +482,9 @@ def export_onnx(te1, te2, unet, vae) -> None:
         torch.randn(1, TE2["projection_dim"]),
         torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
     )
-    export(
-        UNet(unet),
-        args,
-        os.path.join(OUT, "unet", "model.onnx"),
-        ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"],
-        ["out_sample"],
-        {
-            "sample": {0: "batch_size", 2: "height", 3: "width"},
-            "encoder_hidden_states": {0: "batch_size"},
-            "text_embeds": {0: "batch_size"},
-            "time_ids": {0: "batch_size"},
-            "out_sample": {0: "batch_size", 2: "height", 3: "width"},
-        },
-    )
-    export(
+    export_module(unet_module(unet), args, os.path.join(OUT, "unet", "model.onnx"), UNET_INPUTS, UNET_OUTPUTS,
+                  UNET_DYNAMIC_AXES, external_data=True)  # weights apart, like the real UNet (loaded in chunks)
+    export_module(
         VaeDecoder(vae),
         (torch.randn(1, 4, 8, 8),),
         os.path.join(OUT, "vae_decoder", "model.onnx"),
@@ -784,6 +807,36 @@ def write_manifest() -> None:
 # ----------------------------------------------------------------------------
 
 
+def prepare_torch():
+    """Import torch, diffusers and transformers for building: quiet, one thread, deterministic."""
+    try:
+        import torch
+    except ImportError:
+        sys.exit("building needs torch, diffusers, transformers, onnx, onnxruntime (pip install them)")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+    warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the long prompt's truncation notices are expected
+    diffusers.logging.set_verbosity_error()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+
+def list_bundle(out, manifest, t0):
+    """What a build wrote, with sizes."""
+    print(f"built {out} in {time.time() - t0:.1f} s")
+    for dirpath, _, filenames in sorted(os.walk(out)):
+        for fn in sorted(filenames):
+            p = os.path.join(dirpath, fn)
+            print(f"  {os.path.relpath(p, ROOT):55s} {os.path.getsize(p):>10,d}")
+    print(f"  {os.path.relpath(manifest, ROOT):55s} {os.path.getsize(manifest):>10,d}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--verify", action="store_true", help="only verify the existing bundle (onnxruntime + numpy)")
@@ -793,22 +846,7 @@ def main() -> int:
 
     if not args.verify:
         t0 = time.time()
-        try:
-            import torch
-        except ImportError:
-            sys.exit("building needs torch, diffusers, transformers, onnx, onnxruntime (pip install them)")
-        import warnings
-
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
-        import diffusers
-        import transformers
-
-        transformers.logging.set_verbosity_error()  # the long prompt's truncation notices are expected
-        diffusers.logging.set_verbosity_error()
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
+        prepare_torch()
         bpe = find_bpe(args.bpe)
         if os.path.isdir(OUT):
             shutil.rmtree(OUT)
@@ -825,12 +863,7 @@ def main() -> int:
         export_onnx(te1, te2, unet, vae)
         record_references(te1, te2, unet, vae)
         write_manifest()
-        print(f"built {OUT} in {time.time() - t0:.1f} s")
-        for dirpath, _, filenames in sorted(os.walk(OUT)):
-            for fn in sorted(filenames):
-                p = os.path.join(dirpath, fn)
-                print(f"  {os.path.relpath(p, ROOT):55s} {os.path.getsize(p):>10,d}")
-        print(f"  {os.path.relpath(MANIFEST, ROOT):55s} {os.path.getsize(MANIFEST):>10,d}")
+        list_bundle(OUT, MANIFEST, t0)
 
     worst = verify(args.png_dir)
     if worst > 1e-4:

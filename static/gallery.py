@@ -1,12 +1,14 @@
 # The gallery (page side, MicroPython): lists what the worker keeps in the browser's private
 # storage, and opens, compares, downloads, deletes or reuses the settings of each image.
-# The worker owns the storage (app/gallery.py has the message protocol); this module only
+# The worker owns the storage (app/store/gallery.py has the message protocol); this module only
 # builds the section, sends requests and shows the answers.
 # User text (prompts) only ever goes in through textContent / alt, never innerHTML.
 from pyscript import document, window
 from pyscript.ffi import create_proxy, to_js
 
 import asyncio
+
+from page import el, listen, make, show_error
 
 AUTOSAVE_KEY = "lantern.gallery.autosave"
 MAX_DROP_BYTES = 64 * 1024 * 1024
@@ -18,28 +20,6 @@ items = {}  # key -> the list entry (settings, filename, thumbnail URL, <li>)
 loaded = {}  # key -> {"url", "filename", "parameters"}: full PNGs fetched for open/compare/download
 waiting = {}  # key -> callbacks for when its full PNG arrives
 view = {"zoom": 1.0, "x": 0.0, "y": 0.0, "drag": None}
-kept = []  # the proxies JS holds (made once, at setup)
-
-
-def el(id):
-    return document.getElementById(id)
-
-
-def make(tag, parent=None, text=None, **attributes):
-    node = document.createElement(tag)
-    if text is not None:
-        node.textContent = text
-    for name, value in attributes.items():
-        node.setAttribute(name.replace("_", "-"), value)
-    if parent is not None:
-        parent.appendChild(node)
-    return node
-
-
-def show_error(text):
-    box = el("error")  # the page's alert line, shared with the generator's messages
-    box.textContent = text
-    box.hidden = not text
 
 
 def note(text):
@@ -342,15 +322,6 @@ def on_search(event):
 
 def on_autosave_change(event):
     window.localStorage.setItem(AUTOSAVE_KEY, "1" if el("gallery-autosave").checked else "0")
-
-
-def listen(node, kind, fn, options=None):
-    proxy = create_proxy(fn)
-    kept.append(proxy)
-    if options is None:
-        node.addEventListener(kind, proxy)
-    else:
-        node.addEventListener(kind, proxy, to_js(options))
 
 
 def build(section):

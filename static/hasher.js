@@ -1,4 +1,4 @@
-// SHA-256 on a thread of its own (driven by app/hasher.py), so that hashing a download overlaps
+// SHA-256 on a thread of its own (driven by app/store/hasher.py), so that hashing a download overlaps
 // fetching and writing it. A classic worker: the vendored hash-wasm build is a UMD script.
 importScripts("vendor/hashwasm/sha256.umd.min.js");
 

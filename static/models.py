@@ -1,30 +1,16 @@
 # The Models panel (page side, MicroPython): each listed model with its size and install state,
 # and Install / Cancel / Delete / Verify, plus Import of local files. The worker does the work
-# (app/installer.py has the protocol); this module sends requests and shows its "models" reports.
-from pyscript import document, window
-from pyscript.ffi import create_proxy
+# (app/store/installer.py has the protocol); this module sends requests and shows its "models" reports.
+from pyscript import window
+
+from page import el, listen, make
 
 state = {"send": None, "persist_asked": False}
 rows = {}  # model id -> {"row", "status", "bar", "message", "install", "cancel", "delete", "verify"}
-kept = []  # proxies JS holds
 
 STATE_TEXT = {"not-installed": "Not installed", "installed": "Installed", "partial": "Paused", "damaged": "Damaged",
               "verifying": "Verifying…", "importing": "Importing…"}
 INSTALL_LABEL = {"partial": "Resume", "damaged": "Repair"}
-
-
-def el(id):
-    return document.getElementById(id)
-
-
-def make(tag, parent, text=None, **attributes):
-    node = document.createElement(tag)
-    if text is not None:
-        node.textContent = text
-    for name, value in attributes.items():
-        node.setAttribute(name.rstrip("_").replace("_", "-"), value)
-    parent.appendChild(node)
-    return node
 
 
 def size_text(mb):
@@ -37,12 +23,6 @@ def time_text(seconds):
     if seconds < 90:
         return f"{seconds:.0f} s left"
     return f"{seconds / 60:.0f} min left"
-
-
-def listen(node, event, handler):
-    proxy = create_proxy(handler)
-    kept.append(proxy)
-    node.addEventListener(event, proxy)
 
 
 def ask_persistence():

@@ -1,5 +1,5 @@
 // The GPU worker: boots Pyodide, hands it onnxruntime-web and the tokenizer library,
-// and forwards page messages to app.worker (Python). Only what the browser requires is here.
+// and forwards page messages to app/worker/protocol.py (Python). Only what the browser requires is here.
 import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
 import * as ort from "./vendor/ort/ort.webgpu.min.mjs";
 import * as tokenizers from "./vendor/tokenizers/tokenizers.min.mjs";
@@ -22,7 +22,7 @@ try {
   const app = await (await fetch(new URL("app.zip", site))).arrayBuffer();
   py.unpackArchive(app, "zip", { extractDir: "/lantern" });
   py.pyimport("sys").path.insert(0, "/lantern");
-  const worker = await py.pyimport("app.worker").start(new URL("models_manifest.json", site).href);
+  const worker = await py.pyimport("app.worker.protocol").start(new URL("models_manifest.json", site).href);
   self.onmessage = (event) => worker.handle(event.data);
   early.forEach((message) => worker.handle(message));
 } catch (err) {

@@ -56,7 +56,7 @@ def run(coro):
 @pytest.fixture(scope="session")
 def manifest_entry():
     """The tiny model's entry merged with its variant, as the worker sees it (with "files")."""
-    from app.device import pick_variant
+    from app.worker.device import pick_variant
 
     return pick_variant(json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text()), {})
 
@@ -75,8 +75,8 @@ def reference():
 @pytest.fixture(scope="session")
 def cpu_pipeline(manifest_entry):
     """The same pipeline code on CPython + onnxruntime (the parity baseline)."""
-    from app.pipeline import SDXLTurbo
-    from app.runtime_ort import OrtRuntime
+    from app.pipeline.turbo import SDXLTurbo
+    from app.runtime.ort import OrtRuntime
 
     return run(SDXLTurbo.load(OrtRuntime(BUNDLE), manifest_entry))
 

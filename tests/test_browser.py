@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from app.pipeline import to_uint8
-from app.png import read_parameters
+from app.pipeline.bundle import to_uint8
+from app.store.png import read_parameters
 from conftest import RUN_TIMEOUT_MS, run
 
 pytestmark = pytest.mark.browser
@@ -28,7 +28,7 @@ def fill(page, prompt=PROMPT, seed="7", steps="2", resolution="64x64"):
 
 
 # Tests never wait for a status text that may come and go between two looks: they wait for the
-# counters the page keeps, which only grow (static/main.py `count`): on #status, data-steps
+# counters the page keeps, which only grow (static/page.py `count`): on #status, data-steps
 # (denoising steps shown) and data-finished (runs ended); on #tier, data-measured (benchmarks done).
 def counter(page, name, where="#status"):
     return int(page.locator(where).get_attribute(f"data-{name}") or 0)

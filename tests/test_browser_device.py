@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from app.pipeline import to_uint8
+from app.pipeline.bundle import to_uint8
 from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, run
 from test_browser import PIXEL_TOLERANCE, counter, fill, generate_and_download, press_and_wait, record, recorded, wait_counter
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from app.gallery import NOT_LANTERN
-from app.png import read_parameters
+from app.store.gallery import NOT_LANTERN
+from app.store.png import read_parameters
 from conftest import BOOT_TIMEOUT_MS, RUN_TIMEOUT_MS
 from test_browser import fill, generate_and_download
 

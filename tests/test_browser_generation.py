@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from app.pipeline import to_uint8
-from app.png import read_parameters
-from app.refiner import SDXLRefiner
-from app.runtime_ort import OrtRuntime
+from app.pipeline.bundle import to_uint8
+from app.store.png import read_parameters
+from app.pipeline.refiner import SDXLRefiner
+from app.runtime.ort import OrtRuntime
 from conftest import ROOT, RUN_TIMEOUT_MS, run
 from test_browser import PIXEL_TOLERANCE, PROMPT, counter, fill, press_and_wait, record, recorded, wait_counter
 

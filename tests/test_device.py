@@ -2,8 +2,8 @@
 
 import pytest
 
-from app.bench import bench
-from app.device import (FAST_MAX_MS, MEDIUM_MAX_MS, assign_tier, default_resolution, fault_kind,
+from app.worker.bench import bench
+from app.worker.device import (FAST_MAX_MS, MEDIUM_MAX_MS, assign_tier, default_resolution, fault_kind,
                         lower_resolution, pick_variant, unsuitable)
 from conftest import run
 

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from app import gallery
-from app.png import encode_png
+from app.store.png import encode_png
 from conftest import run
 
 PARAMS = {"prompt": "A Lighthouse at dusk", "seed": 4294967295, "steps": 2, "height": 64, "width": 96,

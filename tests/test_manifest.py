@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from app.device import pick_variant
-from app.manifest import (FILE_REQUIRED_FIELDS, REQUIRED_FIELDS, VARIANT_REQUIRED_FIELDS, ManifestError,
+from app.worker.device import pick_variant
+from app.store.manifest import (FILE_REQUIRED_FIELDS, REQUIRED_FIELDS, VARIANT_REQUIRED_FIELDS, ManifestError,
                           bundle_sha256, load_manifest, model_problems)
 from conftest import ROOT
 

@@ -1,6 +1,6 @@
 import pytest
 
-from app.params import InputError, parse_request
+from app.worker.params import InputError, parse_request
 
 MODELS = {"tiny": {"name": "Tiny", "resolutions": [[64, 64], [64, 96]]}}
 GOOD = {"prompt": "a cat", "seed": "42", "steps": "2", "resolution": "64x96", "model": "tiny"}

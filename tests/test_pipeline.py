@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from app.pipeline import SDXLTurbo, to_uint8
+from app.pipeline.bundle import to_uint8
+from app.pipeline.turbo import SDXLTurbo
 from conftest import assert_close, run
 
 

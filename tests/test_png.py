@@ -3,7 +3,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from app.png import encode_png, read_parameters
+from app.store.png import encode_png, read_parameters
 
 
 def test_png_carries_parameters_and_is_deterministic():

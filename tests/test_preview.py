@@ -1,6 +1,6 @@
 import numpy as np
 
-from app.preview import approximate_rgb, half_size, preview_kind
+from app.pipeline.preview import approximate_rgb, half_size, preview_kind
 
 
 def test_preview_cadence():

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from app.pipeline import to_uint8
-from app.refiner import SDXLRefiner
-from app.runtime_ort import OrtRuntime
-from app.sampling import sample_euler
-from app.scheduler import EulerConfig, img2img_schedule, make_euler_schedule, make_schedule, strength_start
-from app.seeds import refiner_noise, seeded_noise
+from app.pipeline.bundle import to_uint8
+from app.pipeline.refiner import SDXLRefiner
+from app.runtime.ort import OrtRuntime
+from app.pipeline.sampling import sample_euler
+from app.pipeline.scheduler import EulerConfig, img2img_schedule, make_euler_schedule, make_schedule, strength_start
+from app.pipeline.seeds import refiner_noise, seeded_noise
 from conftest import ROOT, assert_close, run
 
 BUNDLE = ROOT / "models" / "tiny-sdxl-refiner"
@@ -19,7 +19,7 @@ REFERENCE = BUNDLE / "reference"
 
 @pytest.fixture(scope="module")
 def refiner_entry():
-    from app.device import pick_variant
+    from app.worker.device import pick_variant
 
     return pick_variant(json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text()), {})
 
@@ -226,8 +226,8 @@ def test_wrong_base_latents_are_refused(refiner):
 
 
 def test_manifest_lists_the_bundle(refiner_entry):
-    from app.device import pick_variant
-    from app.manifest import bundle_sha256
+    from app.worker.device import pick_variant
+    from app.store.manifest import bundle_sha256
 
     assert refiner_entry["id"] == "tiny-sdxl-refiner" and refiner_entry["pipeline"] == "sdxl-refiner"
     assert refiner_entry["refines"] == ["tiny-sdxl-turbo"]

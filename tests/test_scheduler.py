@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from app.sampling import sample_euler_ancestral
-from app.scheduler import make_schedule
+from app.pipeline.sampling import sample_euler_ancestral
+from app.pipeline.scheduler import make_schedule
 from conftest import assert_close, run
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
-from app.tokenizer import ClipTokenizer, without_length_rules
+from app.pipeline.tokenizer import ClipTokenizer, without_length_rules
 from conftest import BUNDLE
 
 PROMPTS = [

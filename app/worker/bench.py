@@ -8,7 +8,7 @@ import statistics
 import time
 
 from .device import assign_tier
-from .scheduler import make_schedule
+from ..pipeline.scheduler import make_schedule
 
 
 async def bench(pipe, runs: int = 3) -> dict:

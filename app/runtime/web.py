@@ -16,7 +16,7 @@ from js import JSON, BigInt64Array, Float32Array, Function, Int32Array, Object, 
 from pyodide.ffi import create_once_callable, create_proxy, to_js
 
 from .onnx_external import split_external_data
-from .runtime import input_spec
+from .interface import input_spec
 
 DEFAULT_CHUNK_BYTES = 2**30  # each external-data chunk must fit one ArrayBuffer
 

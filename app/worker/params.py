@@ -2,7 +2,7 @@
 
 from dataclasses import asdict, dataclass
 
-from .seeds import MAX_SEED
+from ..pipeline.seeds import MAX_SEED
 
 MIN_STEPS, MAX_STEPS = 1, 4
 

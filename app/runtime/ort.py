@@ -6,7 +6,7 @@ from pathlib import Path
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .runtime import input_spec
+from .interface import input_spec
 
 
 class OrtSession:

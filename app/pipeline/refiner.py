@@ -12,53 +12,29 @@ diffusers does (negative first).
 
 import numpy as np
 
-from .pipeline import LATENT_CHANNELS, _penultimate_hidden_state
+from .bundle import LATENT_CHANNELS, SDXLBundle, penultimate_hidden_state, report
 from .sampling import sample_euler
 from .scheduler import EulerConfig, img2img_schedule, scale_model_input
 from .seeds import refiner_noise
-from .tokenizer import load_clip_tokenizer
 
 AESTHETIC_SCORE = 6.0  # diffusers' defaults
 NEGATIVE_AESTHETIC_SCORE = 2.5
 
 
-class SDXLRefiner:
+class SDXLRefiner(SDXLBundle):
     """A loaded SDXL refiner bundle (text_encoder_2, tokenizer_2, unet, vae_decoder, scheduler_config.json)."""
 
-    def __init__(self, runtime, entry, tokenizer, sessions, schedule_config):
-        self.runtime = runtime
-        self.entry = entry
-        self.tokenizer = tokenizer
-        self.text_encoder_2, self.unet, self.vae_decoder = sessions
-        self.schedule_config = schedule_config
-        self.vae_scaling_factor = float(entry.get("vae_scaling_factor", 0.13025))
-        self.vae_scale_factor = int(entry.get("vae_scale_factor", 8))
-
-    @classmethod
-    async def load(cls, runtime, entry, on_stage=None):
-        async def stage(name):
-            if on_stage is not None:
-                await on_stage(name)
-
-        await stage("load tokenizer_2")
-        tokenizer = await load_clip_tokenizer(runtime, "tokenizer_2")
-        sessions = []
-        for part in ("text_encoder_2", "unet", "vae_decoder"):
-            await stage(f"load {part}")
-            sessions.append(await runtime.session(f"{part}/model.onnx"))
-        schedule_config = EulerConfig.from_dict(await runtime.read_json("scheduler_config.json"))
-        return cls(runtime, entry, tokenizer, sessions, schedule_config)
-
-    def release(self):
-        self.runtime.release()
+    TOKENIZERS = ("tokenizer_2",)
+    PARTS = ("text_encoder_2", "unet", "vae_decoder")
+    SCHEDULE_CONFIG = EulerConfig
 
     async def encode_prompt(self, prompt):
         """(prompt_embeds [1,77,D2], pooled text_embeds [1,P]): the refiner conditions on text_encoder_2 only."""
         encoder = self.text_encoder_2
         if "text_embeds" not in encoder.output_names:
             raise ValueError("the refiner's text encoder exports no text_embeds")
-        ids = encoder.inputs["input_ids"].coerce([self.tokenizer(prompt)])
-        name = _penultimate_hidden_state(encoder.output_names)
+        ids = encoder.inputs["input_ids"].coerce([self.tokenizers[0](prompt)])
+        name = penultimate_hidden_state(encoder.output_names)
         out = await encoder.run({"input_ids": ids}, [name, "text_embeds"])
         return out[name].astype(np.float32), out["text_embeds"].astype(np.float32)
 
@@ -88,23 +64,14 @@ class SDXLRefiner:
         guided = guidance_scale > 1.0
         parts = zip(uncond, cond) if guided else ((c,) for c in cond)
         embeds, pooled, time_ids = (np.concatenate(p, axis=0) for p in parts)
-        feeds = {
-            "encoder_hidden_states": self.unet.inputs["encoder_hidden_states"].coerce(embeds),
-            "text_embeds": self.unet.inputs["text_embeds"].coerce(pooled),
-            "time_ids": self.unet.inputs["time_ids"].coerce(time_ids),
-        }
+        conditioning = self.unet_conditioning(embeds, pooled, time_ids)
 
         async def model(x, i):
             sigma = float(schedule.sigmas[start + i])
             x_in = scale_model_input(x, sigma)
             if guided:
                 x_in = np.concatenate([x_in, x_in], axis=0)
-            step_feeds = dict(
-                feeds,
-                sample=self.unet.inputs["sample"].coerce(x_in),
-                timestep=self.unet.inputs["timestep"].coerce(schedule.timesteps[start + i]),
-            )
-            eps = (await self.unet.run(step_feeds, ["out_sample"]))["out_sample"]
+            eps = await self.predict_noise(conditioning, x_in, schedule.timesteps[start + i])
             if guided:
                 eps_uncond, eps_cond = eps[:1], eps[1:]
                 eps = eps_uncond + np.float32(guidance_scale) * (eps_cond - eps_uncond)
@@ -115,12 +82,6 @@ class SDXLRefiner:
                 await callback(start + i, x, denoised)
 
         return await sample_euler(model, x, schedule.sigmas[start:], on_step)
-
-    async def decode(self, latents):
-        """Float image [H, W, 3] in [0, 1]."""
-        feed = self.vae_decoder.inputs["latent_sample"].coerce(latents / np.float32(self.vae_scaling_factor))
-        sample = (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"]
-        return np.clip(sample[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
 
     async def refine(
         self,
@@ -145,10 +106,6 @@ class SDXLRefiner:
         continues from such a checkpoint and gives the same image as an unbroken run.
         """
 
-        async def stage(name):
-            if on_stage is not None:
-                await on_stage(name)
-
         base_latents = np.asarray(base_latents, dtype=np.float32)
         if base_latents.ndim != 4 or base_latents.shape[:2] != (1, LATENT_CHANNELS):
             raise ValueError(f"base latents must have shape [1, {LATENT_CHANNELS}, h, w], not {base_latents.shape}")
@@ -156,7 +113,7 @@ class SDXLRefiner:
         height = base_latents.shape[2] * self.vae_scale_factor
         width = base_latents.shape[3] * self.vae_scale_factor
 
-        await stage("encode prompt")
+        await report(on_stage, "encode prompt")
         embeds, pooled = await self.encode_prompt(prompt)
         cond = (embeds, pooled, self.time_ids(height, width, aesthetic_score))
         uncond = None
@@ -169,7 +126,7 @@ class SDXLRefiner:
             start, x = resume
         else:
             x = self.noise_latents(seed, base_latents, schedule.sigmas[0])
-        await stage("refine")
+        await report(on_stage, "refine")
         x = await self.denoise(x, cond, schedule, uncond, guidance_scale, on_step, start)
-        await stage("decode")
+        await report(on_stage, "decode")
         return await self.decode(x)

@@ -1,0 +1,90 @@
+"""What SDXL-Turbo and the SDXL refiner share: loading a bundle's tokenizers, sessions and scheduler
+config through a runtime, the penultimate hidden state SDXL conditions on, the latent shape and the
+VAE decode."""
+
+import re
+
+import numpy as np
+
+from .tokenizer import load_clip_tokenizer
+
+LATENT_CHANNELS = 4
+
+
+def penultimate_hidden_state(output_names):
+    """SDXL conditions on the second-to-last hidden state; exports name them hidden_states.N."""
+    indexed = sorted(
+        (int(m.group(1)), name) for name in output_names if (m := re.fullmatch(r"hidden_states\.(\d+)", name))
+    )
+    if len(indexed) < 2:
+        raise ValueError("text encoder exports no hidden_states.N outputs")
+    return indexed[-2][1]
+
+
+async def report(on_stage, name):
+    """Tell the caller a stage begins (progress, and the place where a cancel takes effect)."""
+    if on_stage is not None:
+        await on_stage(name)
+
+
+class SDXLBundle:
+    """A loaded bundle: its tokenizers (TOKENIZERS folders), one session per ONNX part (PARTS, as
+    attributes of the same names) and its scheduler config (read with SCHEDULE_CONFIG)."""
+
+    TOKENIZERS: tuple = ()
+    PARTS: tuple = ()
+    SCHEDULE_CONFIG = None
+
+    def __init__(self, runtime, entry, tokenizers, sessions, schedule_config):
+        self.runtime = runtime
+        self.entry = entry
+        self.tokenizers = tokenizers
+        for part, session in zip(self.PARTS, sessions, strict=True):
+            setattr(self, part, session)
+        self.schedule_config = schedule_config
+        self.vae_scaling_factor = float(entry.get("vae_scaling_factor", 0.13025))
+        self.vae_scale_factor = int(entry.get("vae_scale_factor", 8))
+
+    @classmethod
+    async def load(cls, runtime, entry, on_stage=None):
+        tokenizers = []
+        for folder in cls.TOKENIZERS:
+            await report(on_stage, f"load {folder}")
+            tokenizers.append(await load_clip_tokenizer(runtime, folder))
+        sessions = []
+        for part in cls.PARTS:
+            await report(on_stage, f"load {part}")
+            sessions.append(await runtime.session(f"{part}/model.onnx"))
+        schedule_config = cls.SCHEDULE_CONFIG.from_dict(await runtime.read_json("scheduler_config.json"))
+        return cls(runtime, entry, tokenizers, sessions, schedule_config)
+
+    def release(self):
+        self.runtime.release()
+
+    def latent_shape(self, height, width):
+        return (1, LATENT_CHANNELS, height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+    def unet_conditioning(self, prompt_embeds, pooled, time_ids):
+        """The UNet's conditioning feeds: the same for every step of a run."""
+        inputs = self.unet.inputs
+        return {
+            "encoder_hidden_states": inputs["encoder_hidden_states"].coerce(prompt_embeds),
+            "text_embeds": inputs["text_embeds"].coerce(pooled),
+            "time_ids": inputs["time_ids"].coerce(time_ids),
+        }
+
+    async def predict_noise(self, conditioning, sample, timestep):
+        """One UNet call: the noise it predicts in `sample` (already scaled) at `timestep`."""
+        inputs = self.unet.inputs
+        feeds = dict(conditioning, sample=inputs["sample"].coerce(sample), timestep=inputs["timestep"].coerce(timestep))
+        return (await self.unet.run(feeds, ["out_sample"]))["out_sample"]
+
+    async def decode(self, latents):
+        """Float image [H, W, 3] in [0, 1]."""
+        feed = self.vae_decoder.inputs["latent_sample"].coerce(latents / np.float32(self.vae_scaling_factor))
+        sample = (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"]
+        return np.clip(sample[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray((image * 255).round().astype(np.uint8))

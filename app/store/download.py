@@ -1,0 +1,182 @@
+"""One file of a bundle from the network into OPFS: streamed into a partial file, hashed while it is
+written, resumed with HTTP Range after a dropped connection or a stall, committed under its digest
+only when its sha256 matches."""
+
+import asyncio
+import re
+
+from .hasher import Hasher, HashError
+from .layout import PARTIAL, InstallError
+from .opfs import PIECE, options, remove
+
+RETRIES = 4  # attempts in a row without progress before giving up
+BACKOFF_SECONDS = (1, 2, 4, 8)
+
+
+def content_range_start(header) -> int | None:
+    """The first byte of a 206 answer ("bytes 100-199/1000"), or None when unreadable."""
+    m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (header or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def http_problem(status: int, url: str) -> str:
+    if status == 404:
+        return f"The server does not have {url} (HTTP 404). The model list may be out of date."
+    if status == 416:
+        return f"The server refused to resume {url} from where it stopped (HTTP 416); the partial file was discarded."
+    if status in (401, 403):
+        return f"The server refused access to {url} (HTTP {status})."
+    return f"Downloading {url} failed (HTTP {status})."
+
+
+def retryable(status: int) -> bool:
+    return status in (408, 425, 429) or status >= 500
+
+
+class Rate:
+    """Speed over the last few seconds, and the time left at that speed."""
+
+    def __init__(self, window: float = 3.0):
+        self.window = window
+        self.samples = []  # (time, bytes so far)
+
+    def add(self, now: float, done: int):
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.pop(0)
+
+    def speed(self) -> float:
+        if len(self.samples) < 2 or self.samples[-1][0] <= self.samples[0][0]:
+            return 0.0
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return (b1 - b0) / (t1 - t0)
+
+    def eta(self, remaining: int) -> float | None:
+        speed = self.speed()
+        return remaining / speed if speed > 0 else None
+
+
+class Partial:
+    """A file being written: its open sync access handle, how many bytes it holds, their running hash."""
+
+    def __init__(self, access):
+        self.access = access
+        self.have = 0
+        self.hasher = Hasher()
+
+    async def append(self, chunk):
+        n = int(chunk.byteLength)
+        self.access.write(chunk, options(at=self.have))
+        self.hasher.update(chunk)  # hands the bytes over: written first
+        self.have += n
+        await self.hasher.drain()
+
+    async def resume(self, length: int):
+        """Take up the bytes already in the file (a resume after a reload): hash them again."""
+        import js
+
+        while self.have < length:
+            piece = js.Uint8Array.new(min(PIECE, length - self.have))
+            n = int(self.access.read(piece, options(at=self.have)))
+            if n <= 0:
+                break
+            self.hasher.update(piece.subarray(0, n))
+            self.have += n
+            await self.hasher.drain()
+
+    def restart(self):
+        self.access.truncate(0)
+        self.hasher.close()
+        self.have, self.hasher = 0, Hasher()
+
+    def close(self):
+        self.hasher.close()
+        self.access.close()
+
+
+async def download(folder, f, stall_s, on_bytes, on_retry):
+    """Fetch manifest file `f` into `folder`: resume its partial bytes, hash while writing, verify, then
+    commit it under its digest. `await on_bytes(have)` follows the bytes; `await on_retry(message)`
+    says why a connection is being resumed."""
+    import js
+
+    url = js.URL.new(f["url"], js.location.href).href
+    partial_name = f["sha256"] + PARTIAL
+    handle = await folder.getFileHandle(partial_name, options(create=True))
+    part = Partial(await handle.createSyncAccessHandle())
+    try:
+        have = int(part.access.getSize())
+        if have > f["size"]:
+            part.restart()
+        else:
+            await part.resume(have)
+        failures = 0
+        while part.have < f["size"]:
+            before = part.have
+            try:
+                await fetch_into(part, url, f, stall_s, on_bytes)
+            except (InstallError, HashError, asyncio.CancelledError):
+                raise
+            except Exception as e:  # dropped connection or stall: resume from where the bytes stop
+                failures = 0 if part.have > before else failures + 1
+                if failures >= RETRIES:
+                    raise InstallError(f"downloading {f['path']} failed {RETRIES} times in a row ({e}). "
+                                       "Check the connection; Install resumes from where it stopped.") from None
+                await on_retry(f"Connection problem ({e}); resuming…")
+                await asyncio.sleep(BACKOFF_SECONDS[max(failures - 1, 0)])
+        part.access.flush()
+        digest = await part.hasher.hexdigest()
+    finally:
+        part.close()
+    if digest != f["sha256"]:
+        await remove(folder, partial_name)
+        raise InstallError(f"{f['path']} arrived damaged (its sha256 does not match the manifest), so its "
+                           "bytes were deleted and nothing was installed. Try Install again.")
+    await handle.move(f["sha256"])
+
+
+async def fetch_into(part, url, f, stall_s, on_bytes):
+    """One HTTP request from byte `part.have` on, appending to the partial file as bytes arrive."""
+    import js
+
+    controller = js.AbortController.new()
+    headers = {"Range": f"bytes={part.have}-"} if part.have else {}
+    request = js.fetch(url, options(headers=options(**headers), signal=controller.signal, cache="no-store"))
+    try:
+        response = await asyncio.wait_for(asyncio.ensure_future(request), stall_s)
+    except asyncio.TimeoutError:
+        controller.abort()
+        raise OSError(f"no answer from the server for {stall_s:.0f} s") from None
+    status = int(response.status)
+    if part.have and status == 200:  # the server ignored the Range: start the file again
+        part.restart()
+    elif part.have and status == 206:
+        if content_range_start(response.headers.get("Content-Range")) != part.have:
+            controller.abort()
+            raise InstallError(f"the server answered a resume of {f['path']} with the wrong bytes.")
+    elif status == 416:
+        part.restart()
+        raise InstallError(http_problem(status, url))
+    elif not response.ok:
+        controller.abort()
+        if retryable(status):
+            raise OSError(f"HTTP {status}")
+        raise InstallError(http_problem(status, url))
+    reader = response.body.getReader()
+    try:
+        while True:
+            try:
+                step = await asyncio.wait_for(asyncio.ensure_future(reader.read()), stall_s)
+            except asyncio.TimeoutError:
+                raise OSError(f"the server stopped sending data for {stall_s:.0f} s") from None
+            if step.done:
+                break
+            chunk = step.value
+            if part.have + int(chunk.byteLength) > f["size"]:
+                raise InstallError(f"{f['path']} is larger on the server than the manifest says; not installed.")
+            await part.append(chunk)
+            await on_bytes(part.have)
+    finally:
+        controller.abort()
+    if part.have < f["size"]:
+        raise OSError("the connection closed early")

@@ -1,0 +1,276 @@
+"""Model installs (worker side): the state of every model's install and the commands on it
+(install, cancel, delete, verify, import), reported to the page. How files reach OPFS is in
+download.py (network) and checks.py (verify, import); where they live, in layout.py.
+
+Page -> worker:  {type: "install", model, stall_s?}  {type: "install-cancel", model}
+                 {type: "model-delete", model}      {type: "model-verify", model}
+                 {type: "model-import", files: [File]}
+Worker -> page:  {type: "models", models: [{id, name, state, done_mb, total_mb, speed_mbps, eta_s, message, error}],
+                  storage: {usage_mb, quota_mb, persisted}, rejected: [messages], notice}
+Sizes cross in MB (floats): the page's MicroPython reads JS integers above 2**31 as negative.
+state is "not-installed" | "downloading" | "partial" | "installed" | "damaged" | "verifying" | "importing".
+"""
+
+import asyncio
+import time
+
+from .checks import damaged_files, import_file
+from .download import Rate, download
+from .hasher import HashError
+from .layout import (PARTIAL, RECORD, WANTED, InstallError, bundle_state, file_sizes, leftovers, model_folder,
+                     models_folder, page_row, read_json, record_for, storage_problem, storage_text, write_json)
+from .opfs import remove
+
+STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
+REPORT_SECONDS = 0.25  # progress messages at most this often
+
+
+class Installer:
+    """Installs, verifies, imports and deletes model bundles; one task per model at a time."""
+
+    def __init__(self, models: dict, post, rejected=()):
+        self.models = models  # id -> entry as it runs on this device (its variant picked)
+        self.post = post
+        self.rejected = list(rejected)
+        self.status = {}  # id -> {state, done, total, speed, eta_s, message, error}
+        self.tasks = {}  # id -> asyncio task (install, verify)
+        self._last_report = 0.0
+        self.notice = ""  # the outcome of an import, for the panel
+
+    # -- state ---------------------------------------------------------------------------------
+
+    async def refresh(self, model_id):
+        entry = self.models[model_id]
+        folder = await model_folder(model_id, create=False)
+        sizes = await file_sizes(folder) if folder else {}
+        record = await read_json(folder, RECORD) if folder else None
+        state, done, detail = bundle_state(entry, sizes, record)
+        old = self.status.get(model_id, {})
+        keep = old.get("error") and state != "installed"
+        self.status[model_id] = {"state": state, "done": done, "total": sum(f["size"] for f in entry["files"]),
+                                 "speed": 0, "eta_s": -1, "message": old["message"] if keep else detail,
+                                 "error": bool(keep)}
+        return folder, sizes, record
+
+    async def wanted(self):
+        """Models whose install was under way when the page went away."""
+        out = []
+        for model_id in self.models:
+            folder = await model_folder(model_id, create=False)
+            if folder and await read_json(folder, WANTED) is not None:
+                out.append(model_id)
+        return out
+
+    async def report(self, force=True):
+        import js
+
+        now = time.monotonic()
+        if not force and now - self._last_report < REPORT_SECONDS:
+            return
+        self._last_report = now
+        storage = {"usage_mb": 0, "quota_mb": 0, "persisted": False}
+        try:
+            estimate = await js.navigator.storage.estimate()
+            storage.update(usage_mb=int(estimate.usage) / 1e6, quota_mb=int(estimate.quota) / 1e6,
+                           persisted=bool(await js.navigator.storage.persisted()))
+        except Exception:
+            pass
+        rows = [page_row(m, e, self.status.get(m, {})) for m, e in self.models.items()]
+        self.post({"type": "models", "models": rows, "storage": storage, "rejected": self.rejected,
+                   "notice": self.notice})
+
+    def fail(self, model_id, message):
+        self.status[model_id].update(message=message, error=True, speed=0, eta_s=-1)
+
+    async def start(self):
+        for model_id in self.models:
+            await self.refresh(model_id)
+        await self.report()
+        for model_id in await self.wanted():
+            self.install(model_id)
+
+    def state(self, model_id) -> str:
+        return self.status.get(model_id, {}).get("state", "not-installed")
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def install(self, model_id, stall_s=None):
+        """Start (or join) the install of one model; returns its task."""
+        task = self.tasks.get(model_id)
+        if task and not task.done():
+            return task
+        task = asyncio.ensure_future(self._install(model_id, float(stall_s or STALL_SECONDS)))
+        self.tasks[model_id] = task
+        return task
+
+    def cancel(self, model_id):
+        task = self.tasks.get(model_id)
+        if task and not task.done():
+            task.cancel()
+
+    async def delete(self, model_id):
+        self.cancel(model_id)
+        task = self.tasks.get(model_id)
+        if task:
+            await asyncio.gather(task, return_exceptions=True)
+        await remove(await models_folder(), model_id, recursive=True)
+        self.status.pop(model_id, None)
+        await self.refresh(model_id)
+        await self.report()
+
+    def verify(self, model_id):
+        """Re-hash every stored file; a file whose bytes changed is deleted and the model marked damaged."""
+        task = self.tasks.get(model_id)
+        if task and not task.done():
+            return
+        self.tasks[model_id] = asyncio.ensure_future(self._verify(model_id))
+
+    async def ensure(self, model_id):
+        """Install a model if it is not installed (the bench model), waiting for it."""
+        if self.state(model_id) != "installed":
+            await self.install(model_id)
+        if self.state(model_id) != "installed":
+            raise InstallError(self.status[model_id]["message"] or f"{self.models[model_id]['name']} is not installed.")
+
+    # -- install -----------------------------------------------------------------------------------
+
+    async def _install(self, model_id, stall_s):
+        entry = self.models[model_id]
+        name = entry["name"]
+        try:
+            folder, sizes, _ = await self.refresh(model_id)
+            self.status[model_id].update(message="", error=False)
+            if self.state(model_id) == "installed":
+                await remove(folder, WANTED)
+                return
+            folder = folder or await model_folder(model_id)
+            await self._check_space(entry, sizes)
+            await write_json(folder, WANTED, {"variant": entry.get("variant")})
+            await remove(folder, RECORD)  # installed again only once every file is verified
+            self.status[model_id].update(state="downloading")
+            await self._download_missing(model_id, folder, sizes, stall_s)
+            await write_json(folder, RECORD, record_for(entry))
+            await remove(folder, WANTED)
+            _, sizes, _ = await self.refresh(model_id)
+            for stale in leftovers(entry, sizes):  # not the bundle's files, so the state just read stands
+                await remove(folder, stale)
+            self.status[model_id]["message"] = f"{name} is installed and verified."
+        except asyncio.CancelledError:
+            folder = await model_folder(model_id, create=False)
+            if folder:
+                await remove(folder, WANTED)
+            await self.refresh(model_id)
+            self.status[model_id]["message"] = "Download cancelled. Install resumes it; Delete frees the space."
+        except (InstallError, HashError) as e:
+            await self.refresh(model_id)
+            self.fail(model_id, f"{name}: {e}")
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            await self.refresh(model_id)
+            self.fail(model_id, f"{name}: {storage_text(e)}")
+        finally:
+            await self.report()
+
+    async def _check_space(self, entry, sizes):
+        import js
+
+        needed = sum(f["size"] - min(sizes.get(f["sha256"] + PARTIAL, 0), f["size"])
+                     for f in entry["files"] if sizes.get(f["sha256"]) != f["size"])
+        estimate = await js.navigator.storage.estimate()
+        problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
+        if problem:
+            raise InstallError(problem)
+
+    async def _download_missing(self, model_id, folder, sizes, stall_s):
+        entry, status = self.models[model_id], self.status[model_id]
+        rate = Rate()
+        done = sum(f["size"] for f in entry["files"] if sizes.get(f["sha256"]) == f["size"])
+        for f in entry["files"]:
+            if sizes.get(f["sha256"]) == f["size"]:
+                continue
+
+            async def on_bytes(have, f=f):
+                rate.add(time.monotonic(), done + have)
+                eta = rate.eta(status["total"] - done - have)
+                status.update(done=done + have, speed=rate.speed(), eta_s=-1 if eta is None else eta,
+                              message=f"Downloading {f['path']}")
+                await self.report(force=False)
+
+            async def on_retry(message):
+                status["message"] = message
+                await self.report()
+
+            await download(folder, f, stall_s, on_bytes, on_retry)
+            done += f["size"]
+
+    # -- verify ----------------------------------------------------------------------------------
+
+    async def _verify(self, model_id):
+        entry = self.models[model_id]
+        try:
+            folder, sizes, _ = await self.refresh(model_id)
+            self.status[model_id].update(state="verifying", message="Checking every file…", error=False)
+            await self.report()
+            bad = await damaged_files(folder, entry, sizes)
+            await self.refresh(model_id)
+            if bad:
+                self.fail(model_id, f"{entry['name']} is damaged: {', '.join(bad)} did not match "
+                                    "its sha256 and was removed. Install downloads it again.")
+            else:
+                self.status[model_id]["message"] = f"{entry['name']}: every file matches its sha256."
+        except Exception as e:
+            await self.refresh(model_id)
+            self.fail(model_id, f"{entry['name']}: {storage_text(e)}")
+        finally:
+            await self.report()
+
+    # -- import ----------------------------------------------------------------------------------
+
+    async def import_files(self, files):
+        """Local files of a bundle: each is hashed while copied into OPFS and kept if it matches a manifest file."""
+        messages, touched = [], set()
+        for file in files:
+            async def on_progress(model_id, name=file.name):
+                self.status[model_id].update(state="importing", message=f"Importing {name}…")
+                await self.report(force=False)
+
+            added, message = await import_file(file, self.models, on_progress)
+            touched |= added
+            if message:
+                messages.append(message)
+        for m in touched:
+            await self._commit_if_complete(m)
+        for m in self.models:
+            if m not in touched and self.state(m) == "importing":
+                await self.refresh(m)
+        self.notice = " ".join(messages)
+        await self.report()
+        self.notice = ""
+
+    async def _commit_if_complete(self, model_id):
+        entry = self.models[model_id]
+        folder, sizes, _ = await self.refresh(model_id)
+        missing = [f["path"] for f in entry["files"] if sizes.get(f["sha256"]) != f["size"]]
+        if missing:
+            self.status[model_id]["message"] = (f"Imported and verified; still missing: {', '.join(missing)}. "
+                                                "Import them too, or Install downloads the rest.")
+            return
+        await write_json(folder, RECORD, record_for(entry))
+        await self.refresh(model_id)
+        self.status[model_id]["message"] = f"{entry['name']} was imported and verified."
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    async def files_for_loading(self, model_id) -> dict:
+        """path -> File of an installed model (sizes checked); raises InstallError otherwise."""
+        entry = self.models[model_id]
+        folder, sizes, _ = await self.refresh(model_id)
+        state = self.state(model_id)
+        if state != "installed":
+            await self.report()
+            hint = self.status[model_id]["message"] or "Install it in the Models panel first."
+            raise InstallError(f"{entry['name']} is not installed. {hint}" if state != "damaged" else hint)
+        return {f["path"]: await (await folder.getFileHandle(f["sha256"])).getFile() for f in entry["files"]}
+

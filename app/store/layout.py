@@ -1,0 +1,128 @@
+"""Where installed models live in the Origin Private File System, and what state a model folder is in.
+
+OPFS layout, one folder per model:  models/<model id>/
+  <sha256>            a file of the bundle, stored under its own digest, only once verified
+  <sha256>.partial    a file being downloaded or imported; bytes [0, size) grow in order
+  installing.json     present while an install is wanted (a reload resumes it)
+  installed.json      {variant, files: {path: sha256}}: written last, when every file is verified
+A model counts as installed only when installed.json matches the manifest and every file it names
+is present at its size. Bytes are hashed as they are written; a mismatch deletes them and says so.
+Full re-hashing happens on demand ("verify"); loading checks presence and sizes only, because
+hashing 13 GB on every visit would take longer than the generation.
+
+"""
+
+import json
+
+from .opfs import not_found, options, storage_failure
+
+FOLDER = "models"
+RECORD = "installed.json"
+WANTED = "installing.json"
+PARTIAL = ".partial"
+
+
+class InstallError(Exception):
+    """A failure to tell the user as it is (the message is the whole explanation)."""
+
+
+def gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def record_for(entry: dict) -> dict:
+    return {"variant": entry.get("variant"), "files": {f["path"]: f["sha256"] for f in entry["files"]}}
+
+
+def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
+    """(state, bytes present, detail) from the folder's file sizes (name -> size) and installed.json."""
+    files = entry["files"]
+    total = sum(f["size"] for f in files)
+    missing = [f for f in files if sizes.get(f["sha256"]) != f["size"]]
+    done = total - sum(f["size"] for f in missing)
+    done += sum(min(sizes.get(f["sha256"] + PARTIAL, 0), f["size"]) for f in missing)
+    if record is not None and record.get("files") == record_for(entry)["files"]:
+        if not missing:
+            return "installed", total, ""
+        names = ", ".join(f["path"] for f in missing)
+        return "damaged", done, f"Damaged: {names} {'is' if len(missing) == 1 else 'are'} missing or corrupt. Install repairs it."
+    if done:
+        return "partial", done, f"Paused at {100 * done / total:.0f}%. Install resumes it."
+    return "not-installed", 0, ""
+
+
+def leftovers(entry: dict, names) -> list[str]:
+    """Files in a model's folder that no longer belong to it (an older version's, a stray partial)."""
+    keep = {RECORD, WANTED} | {f["sha256"] for f in entry["files"]} | {f["sha256"] + PARTIAL for f in entry["files"]}
+    return sorted(n for n in names if n not in keep)
+
+
+def storage_problem(needed: int, usage: int, quota: int) -> str | None:
+    free = max(quota - usage, 0)
+    if needed > free:
+        return (f"Not enough storage: this model needs {gb(needed)} more, but the browser allows this site "
+                f"only {gb(free)} more. Free some space (delete models or gallery images) and try again.")
+    return None
+
+
+def page_row(model_id: str, entry: dict, status: dict) -> dict:
+    return {"id": model_id, "name": entry["name"], "state": status.get("state", "not-installed"),
+            "done_mb": status.get("done", 0) / 1e6, "total_mb": sum(f["size"] for f in entry["files"]) / 1e6,
+            "speed_mbps": status.get("speed", 0) / 1e6, "eta_s": status.get("eta_s", -1),
+            "message": status.get("message", ""), "error": bool(status.get("error"))}
+
+
+def match_import(size: int, digest: str, models: dict) -> list[tuple[str, dict]]:
+    """(model id, file) pairs whose bytes these are."""
+    return [(m, f) for m, e in models.items() for f in e["files"] if f["size"] == size and f["sha256"] == digest]
+
+
+# --- the browser side ------------------------------------------------------------------------------
+
+async def models_folder():
+    import js
+
+    root = await js.navigator.storage.getDirectory()
+    return await root.getDirectoryHandle(FOLDER, options(create=True))
+
+
+async def model_folder(model_id: str, create: bool = True):
+    try:
+        return await (await models_folder()).getDirectoryHandle(model_id, options(create=create))
+    except Exception as e:
+        if not_found(e):
+            return None
+        raise
+
+
+async def file_sizes(folder) -> dict:
+    sizes, entries = {}, folder.entries()
+    while True:
+        step = await entries.next()
+        if step.done:
+            return sizes
+        name, handle = step.value.to_py() if hasattr(step.value, "to_py") else step.value
+        if handle.kind == "file":
+            sizes[name] = int((await handle.getFile()).size)
+
+
+async def read_json(folder, name):
+    try:
+        return json.loads(await (await (await folder.getFileHandle(name)).getFile()).text())
+    except Exception as e:
+        if not_found(e) or isinstance(e, ValueError):
+            return None
+        raise
+
+
+async def write_json(folder, name, obj):
+    writable = await (await folder.getFileHandle(name, options(create=True))).createWritable()
+    await writable.write(json.dumps(obj))
+    await writable.close()
+
+
+def storage_text(error: Exception) -> str:
+    return {
+        "full": "the browser's storage for this site is full. Delete a model or gallery images, then Install resumes.",
+        "denied": "this browser does not let the page keep files (private browsing?), so models cannot be installed.",
+    }.get(storage_failure(error), str(error))

@@ -1,0 +1,169 @@
+"""The GPU work a request asks for: load a model (one at a time), generate, refine, deliver the
+image, bench the device; and how an unexpected failure is described to the page."""
+
+import time
+
+import js
+import numpy as np
+
+from .. import __version__
+from ..pipeline.bundle import to_uint8
+from ..pipeline.refiner import SDXLRefiner
+from ..pipeline.turbo import SDXLTurbo
+from ..runtime.web import DEFAULT_CHUNK_BYTES, DeviceLost, GpuOutOfMemory, WebRuntime
+from ..store import gallery
+from ..store.manifest import bundle_sha256
+from ..store.png import encode_png
+from .bench import bench
+from .device import PRESETS, default_resolution, fault_kind, lower_resolution, unsuitable
+from .jobs import JobQueue
+from .messages import bytes_buffer, filename, image_bitmap, post
+from .params import InputError, parse_preview_every, parse_request
+from .progress import Progress
+
+
+def log_models(event, model_id):
+    """Loads and releases, in order, on the worker's global: a test (or devtools) can check that
+    no two models are ever held at once."""
+    if not hasattr(js.globalThis, "lanternModels"):
+        js.globalThis.lanternModels = js.Array.new()
+    js.globalThis.lanternModels.push(f"{event} {model_id}")
+
+
+class Generator:
+    def __init__(self, models: dict, caps: dict, installer):
+        self.models = models  # id -> manifest entry as it runs on this device
+        self.caps = caps
+        self.installer = installer
+        self.queue = JobQueue(self.report_failure)
+        self.loaded = None  # (model id, SDXLTurbo or SDXLRefiner): one model at a time
+
+    def unload(self):
+        """Release the loaded model's sessions and GPU buffers."""
+        self.loaded[1].release()
+        log_models("release", self.loaded[0])
+        self.loaded = None
+
+    async def delete_model(self, model_id):
+        async def delete():  # never while its sessions are running
+            if self.loaded and self.loaded[0] == model_id:
+                self.unload()
+            await self.installer.delete(model_id)
+
+        await self.queue.exclusive(delete)
+
+    async def pipeline(self, model_id, on_stage):
+        if self.loaded and self.loaded[0] == model_id:
+            return self.loaded[1]
+        if self.loaded:  # one model at a time: release the previous one first
+            self.unload()
+        entry = self.models[model_id]
+        files = await self.installer.files_for_loading(model_id)
+        runtime = WebRuntime(files, self.caps["backend"], entry.get("external_data_chunk_bytes", DEFAULT_CHUNK_BYTES))
+        kind = SDXLRefiner if entry.get("pipeline") == "sdxl-refiner" else SDXLTurbo
+        log_models("load", model_id)
+        self.loaded = (model_id, await kind.load(runtime, entry, on_stage))
+        return self.loaded[1]
+
+    def refiner_for(self, model_id):
+        return next((m for m, e in self.models.items() if model_id in e.get("refines", [])), None)
+
+    def report_failure(self, job_id, error, params):
+        if isinstance(error, (DeviceLost, GpuOutOfMemory)):
+            kind = "device-lost" if isinstance(error, DeviceLost) else "oom"
+        else:
+            kind = fault_kind(f"{type(error).__name__}: {error}")
+        message = {"type": "error", "id": job_id, "kind": kind or "run"}
+        if kind == "device-lost":
+            message["message"] = "The GPU stopped responding (device lost). Recovering and resuming…"
+        elif kind == "oom" and params:
+            message["message"] = ("The GPU ran out of memory. Try a lower resolution, fewer steps or fewer previews, "
+                                  "or close other tabs that use the GPU.")
+            try:
+                request = parse_request(params, self.models)
+                lower = lower_resolution(self.models[request.model], request.height, request.width)
+                if lower:
+                    message["retry"] = dict(params, resolution=f"{lower[0]}x{lower[1]}", steps=str(min(request.steps, 2)))
+            except InputError:
+                pass
+        else:
+            message["message"] = f"Generation failed: {error}"
+        post(message)
+
+    def checked_request(self, raw):
+        request = parse_request(raw, self.models)
+        reason = unsuitable(self.models[request.model], self.caps)
+        if reason:
+            raise InputError(reason)
+        return request
+
+    async def generate(self, job_id, raw, resume=None):
+        request = self.checked_request(raw)
+        if self.models[request.model].get("pipeline") == "sdxl-refiner":
+            raise InputError(f"{self.models[request.model]['name']} refines images; choose a base model to generate.")
+        started = time.perf_counter()
+        progress = Progress(job_id, self.queue, request.steps, "denoise", parse_preview_every(raw))
+        await progress.on_stage("load")
+        pipe = progress.pipe = await self.pipeline(request.model, progress.on_stage)
+        if resume:
+            latents = np.asarray(resume["latents"], np.float32).reshape(pipe.latent_shape(request.height, request.width))
+            resume = (int(resume["step"]), latents)
+        image = await pipe.generate(request.prompt, request.seed, request.steps, request.height, request.width,
+                                    on_stage=progress.on_stage, on_step=progress.on_step, resume=resume)
+        parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
+                          app_version=__version__)
+        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw,
+                           refinable=self.refiner_for(request.model) is not None)
+
+    async def refine(self, job_id, raw, resume, base_latents):
+        """The refiner's img2img pass over a base result's final latents (sent back by the page)."""
+        request = self.checked_request(raw)
+        refiner_id = self.refiner_for(request.model)
+        if refiner_id is None or base_latents is None:
+            raise InputError(f"There is no refiner for {self.models[request.model]['name']}.")
+        entry = self.models[refiner_id]
+        strength, steps = float(entry["defaults"]["strength"]), int(entry["defaults"]["steps"])
+        started = time.perf_counter()
+        shape = (1, 4, request.height // 8, request.width // 8)
+        base = np.asarray(base_latents, np.float32).reshape(shape)
+        progress = Progress(job_id, self.queue, steps, "refine", parse_preview_every(raw))
+        await progress.on_stage("load")
+        pipe = progress.pipe = await self.pipeline(refiner_id, progress.on_stage)  # releases the base model first
+        progress.steps = pipe.denoise_steps(steps, strength)
+        if resume:
+            resume = (int(resume["step"]), np.asarray(resume["latents"], np.float32).reshape(shape))
+        image = await pipe.refine(request.prompt, request.seed, base, strength, steps, on_stage=progress.on_stage,
+                                  on_step=progress.on_step, resume=resume)
+        parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
+                          refiner=refiner_id, refiner_sha256=bundle_sha256(entry), refiner_strength=strength,
+                          refiner_steps=steps, app_version=__version__)
+        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw, refinable=False)
+
+    async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw, refinable):
+        """The finished image: pixels first as an ImageBitmap, then the PNG (slow to encode when large)."""
+        rgb = to_uint8(image)
+        bitmap = await image_bitmap(rgb)
+        timing = {"total_ms": (time.perf_counter() - started) * 1000, "preview_ms": preview_ms}
+        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"], "timing": timing,
+              "refinable": refinable}, transfer=[bitmap])
+        png = encode_png(rgb, parameters)
+        buffer = bytes_buffer(png)
+        # The seed also goes as text: the page's MicroPython reads JS numbers as 32-bit signed integers.
+        post({"type": "png", "id": job_id, "png": buffer, "filename": filename(request.model, request.seed),
+              "parameters": parameters, "seed_text": str(request.seed)}, transfer=[buffer])
+        if raw.get("autosave"):
+            await gallery.autosave(job_id, png, parameters, post)
+
+    async def bench(self, job_id):
+        """Time the bundled bench model on this device; tier presets for every usable model."""
+        model_id = next(m for m, e in self.models.items() if e.get("bench"))
+        await self.installer.ensure(model_id)  # the small calibration model is installed on first use
+        pipe = await self.pipeline(model_id, None)
+        result = await bench(pipe)
+        tier = result["tier"]
+        result["presets"] = {
+            m: {"resolution": "{}x{}".format(*default_resolution(e, tier)), "steps": PRESETS[tier].steps,
+                "preview_every": PRESETS[tier].preview_every}
+            for m, e in self.models.items()
+        }
+        post(dict(result, type="bench", id=job_id))

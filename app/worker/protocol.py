@@ -1,0 +1,100 @@
+"""The worker's side of the page <-> worker protocol (Python in Pyodide, in a Web Worker).
+
+Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model, preview_every, autosave},
+                  resume?: {step, latents (Float32Array)}}
+                 {type: "refine", id, params (the base image's), latents (its final latents), resume?}
+                 {type: "cancel", id}      {type: "bench", id}
+                 install, install-cancel, model-delete, model-verify, model-import: see app/store/installer.py
+Worker -> page:  {type: "ready", models, capabilities, version}
+                 {type: "queued", id, ahead}
+                 {type: "progress", id, stage, step, steps, fraction}
+                 {type: "checkpoint", id, step, latents (Float32Array, transferred)}
+                 {type: "preview", id, step, kind: "approx" | "vae", bitmap (ImageBitmap, transferred)}
+                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}, refinable}
+                 {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
+                 {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
+                 {type: "cancelled", id}
+                 {type: "error", id, message, kind: "input" | "run" | "device-lost" | "oom", retry?}
+                 {type: "models", ...}: install states and storage, see app/store/installer.py
+GPU work goes through one queue (jobs.py): a second request waits its turn; cancel works queued or running.
+After a "device-lost" or "oom" error the page replaces this worker (a fresh GPU device, nothing
+left allocated) and resumes from the last checkpoint or retries as offered.
+"""
+
+import asyncio
+
+import js
+
+from .. import __version__
+from ..store import gallery
+from ..store.installer import Installer
+from ..store.manifest import ManifestError, load_manifest, models_by_id
+from .capabilities import capabilities
+from .device import pick_variant, unsuitable
+from .generator import Generator
+from .messages import post
+
+
+class Worker:
+    """Takes the page's messages: GPU work goes to the generator's queue, storage work (installs,
+    gallery) runs at once."""
+
+    def __init__(self, entries: list, caps: dict, rejected=()):
+        # Each model as it will run on this device (its variant chosen by the capabilities).
+        self.models = {m: pick_variant(e, caps) for m, e in models_by_id({"models": entries}).items()}
+        self.installer = Installer(self.models, post, rejected)
+        self.generator = Generator(self.models, caps, self.installer)
+
+    def handle(self, message):
+        msg = message.to_py()
+        kind = msg.get("type")
+        generator, queue = self.generator, self.generator.queue
+        if kind == "generate":
+            asyncio.ensure_future(queue.run(msg["id"], generator.generate, msg.get("params") or {}, msg.get("resume")))
+        elif kind == "refine":
+            asyncio.ensure_future(queue.run(msg["id"], generator.refine, msg.get("params") or {}, msg.get("resume"),
+                                            msg.get("latents")))
+        elif kind == "bench":
+            asyncio.ensure_future(queue.run(msg["id"], generator.bench))
+        elif kind == "cancel":
+            queue.cancel(msg["id"])
+        elif kind and kind.startswith("gallery-"):  # storage only: no need to wait for the GPU
+            asyncio.ensure_future(gallery.handle(msg, post))
+        elif kind in ("install", "install-cancel", "model-delete", "model-verify") and msg.get("model") in self.models:
+            model_id = msg["model"]
+            if kind == "install":
+                self.installer.install(model_id, msg.get("stall_s"))
+            elif kind == "install-cancel":
+                self.installer.cancel(model_id)
+            elif kind == "model-delete":
+                asyncio.ensure_future(generator.delete_model(model_id))
+            else:
+                self.installer.verify(model_id)
+        elif kind == "model-import":
+            asyncio.ensure_future(self.installer.import_files(list(message.files)))
+
+
+async def read_manifest(url: str):
+    """(valid entries, rejection messages, problem with the whole list or "")."""
+    try:
+        response = await js.fetch(url)
+        if not response.ok:
+            raise ManifestError(f"it could not be downloaded (HTTP {response.status})")
+        entries, rejected = load_manifest(await response.text())
+        return entries, rejected, ""
+    except ManifestError as e:
+        return [], [], f"The model list (models_manifest.json) is not usable: {e}"
+
+
+async def start(manifest_url: str):
+    entries, rejected, problem = await read_manifest(manifest_url)
+    caps = await capabilities()
+    worker = Worker(entries, caps, rejected)
+    models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
+               "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, caps) or "",
+               "bench": bool(m.get("bench"))}
+              for m in worker.models.values()]
+    post({"type": "ready", "models": models, "capabilities": caps, "version": __version__,
+          "manifest_problem": problem, "rejected": rejected})
+    asyncio.ensure_future(worker.installer.start())
+    return worker

@@ -1,0 +1,95 @@
+# The Device panel (MicroPython): what the worker found (WebGPU, adapter, shader-f16, limits) and
+# the device tier measured by the first-visit benchmark, kept per device in localStorage.
+import json
+
+from pyscript import document, window
+
+import form
+from page import count, el, new_id, send
+
+BENCH_KEY = "lantern.bench"
+bench = {"id": None, "caps": None}
+
+
+def show_capabilities(caps):
+    bench["caps"] = caps
+    rows = [("Back end", "WebGPU" if caps.backend == "webgpu" else "CPU (wasm)")]
+    if caps.backend == "webgpu":
+        rows += [("Adapter", f"{caps.vendor} {caps.architecture} {caps.description}".strip() or "unnamed"),
+                 ("Software adapter", "yes" if caps.fallback_adapter else "no"),
+                 ("shader-f16", "yes" if caps.shader_f16 else "no"),
+                 ("Largest buffer", f"{caps.max_buffer_size // 1048576} MiB"),
+                 ("Largest storage binding", f"{caps.max_storage_buffer_binding_size // 1048576} MiB")]
+    else:
+        rows.append(("Why", caps.reason))
+    dl = el("capabilities")
+    dl.innerHTML = ""
+    for name, value in rows:
+        dt = document.createElement("dt")
+        dt.textContent = name
+        dd = document.createElement("dd")
+        dd.textContent = str(value)
+        dl.appendChild(dt)
+        dl.appendChild(dd)
+
+
+def device_key(caps):
+    return f"{caps.backend}|{caps.vendor}|{caps.architecture}|{caps.description}"
+
+
+def apply_bench(result):
+    runs = ", ".join(f"{t:.0f}" for t in result["runs_ms"])
+    el("tier").textContent = (f"Device tier: {result['tier'].upper()} — one UNet step of the {result['model']} "
+                              f"bench model at {result['size']} takes {result['step_ms']:.0f} ms (runs: {runs} ms).")
+    preset = result["presets"].get(el("model").value)
+    if preset and not form.touched["any"]:  # never overwrite what the user already chose
+        form.fill_resolutions(el("model").value, preset["resolution"], preset["steps"])
+        el("preview-every").value = str(preset["preview_every"])
+
+
+def run_bench(event=None):
+    bench["id"] = new_id()
+    el("rebench").disabled = True
+    el("tier").textContent = "Device tier: measuring this device…"
+    send({"type": "bench", "id": bench["id"]})
+
+
+def first_visit(caps):
+    """The stored tier for this device, or a new measurement."""
+    stored = window.localStorage.getItem(BENCH_KEY)
+    saved = json.loads(stored) if stored else None
+    if saved and saved["device"] == device_key(caps):
+        apply_bench(saved["result"])
+        el("rebench").disabled = False
+    else:
+        run_bench()
+
+
+def rerun_if_interrupted():
+    """A replaced worker never answered the benchmark: ask the new one."""
+    if bench["id"]:
+        run_bench()
+
+
+def is_bench(job_id):
+    return job_id == bench["id"]
+
+
+def on_bench(msg):
+    result = {"tier": msg.tier, "step_ms": msg.step_ms, "model": msg.model, "size": msg.size,
+              "runs_ms": [msg.runs_ms[i] for i in range(msg.runs_ms.length)], "presets": {}}
+    for model_id in form.models:
+        p = msg.presets[model_id]
+        result["presets"][model_id] = {"resolution": p.resolution, "steps": p.steps, "preview_every": p.preview_every}
+    window.localStorage.setItem(BENCH_KEY, json.dumps({"device": device_key(bench["caps"]), "result": result}))
+    el("rebench").disabled = False
+    bench["id"] = None
+    apply_bench(result)
+    count("tier", "measured")  # benchmarks finished on this page
+
+
+def on_bench_failed(msg):
+    # The tier stays unmeasured (the models' own defaults apply) until a re-run succeeds.
+    bench["id"] = None
+    el("rebench").disabled = False
+    el("tier").textContent = f"Device tier: not measured. {msg.message} Use “Re-run benchmark” to try again."

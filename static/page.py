@@ -1,0 +1,77 @@
+# What every page module shares (MicroPython): DOM helpers, the status line and its counters, and the
+# connection to the GPU worker. Prompts and other user text only ever go in through textContent.
+from pyscript import document, window
+from pyscript.ffi import create_proxy, to_js
+
+worker = {"current": None, "generation": 0, "on_message": None, "next_id": 1}
+kept = []  # the proxies JS holds (made once, at setup)
+
+
+def el(id):
+    return document.getElementById(id)
+
+
+def make(tag, parent=None, text=None, **attributes):
+    node = document.createElement(tag)
+    if text is not None:
+        node.textContent = text
+    for name, value in attributes.items():
+        node.setAttribute(name.rstrip("_").replace("_", "-"), value)
+    if parent is not None:
+        parent.appendChild(node)
+    return node
+
+
+def listen(node, kind, fn, options=None):
+    proxy = create_proxy(fn)
+    kept.append(proxy)
+    if options is None:
+        node.addEventListener(kind, proxy)
+    else:
+        node.addEventListener(kind, proxy, to_js(options))
+
+
+def show_error(text):
+    box = el("error")  # the page's one alert line
+    box.textContent = text  # textContent, never innerHTML: prompts may hold markup
+    box.hidden = not text
+
+
+def count(id, name):
+    """Bump a counter kept on an element as data-NAME. Counters only grow, so a script or a test can
+    wait for "at least n" instead of racing a status text that may come and go between two looks."""
+    node = el(id)
+    node.setAttribute(f"data-{name}", str(int(node.getAttribute(f"data-{name}") or 0) + 1))
+
+
+def set_status(text, fraction=None):
+    el("status").textContent = text
+    if fraction is not None:
+        el("progress").value = fraction
+
+
+def new_id():
+    """A request id, unique on this page (runs and benchmarks share them)."""
+    job_id = worker["next_id"]
+    worker["next_id"] += 1
+    return job_id
+
+
+def start_worker(on_message=None):
+    worker["on_message"] = on_message or worker["on_message"]
+    worker["generation"] += 1  # which worker a request was sent to: a replacement gets only the others
+    current = window.Worker.new("./worker.mjs", to_js({"type": "module"}))
+    current.addEventListener("message", worker["on_message"])
+    worker["current"] = current
+
+
+def replace_worker():
+    """A fresh worker gets a fresh GPU device and nothing allocated; unfinished jobs are re-sent
+    when it says it is ready."""
+    worker["current"].terminate()
+    el("generate").disabled = True
+    start_worker()
+
+
+def send(message):
+    worker["current"].postMessage(to_js(message))
