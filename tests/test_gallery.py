@@ -6,7 +6,7 @@ import json
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from app import gallery
+from app.store import gallery
 from app.store.png import encode_png
 from conftest import run
 
