@@ -11,14 +11,23 @@ from .tokenizer import load_clip_tokenizer
 LATENT_CHANNELS = 4
 
 
-def penultimate_hidden_state(output_names):
-    """SDXL conditions on the second-to-last hidden state; exports name them hidden_states.N."""
-    indexed = sorted(
-        (int(m.group(1)), name) for name in output_names if (m := re.fullmatch(r"hidden_states\.(\d+)", name))
-    )
-    if len(indexed) < 2:
-        raise ValueError("text encoder exports no hidden_states.N outputs")
-    return indexed[-2][1]
+def conditioning_output(entry, part, output_names):
+    """The output of text encoder `part` that SDXL conditions on: the penultimate layer's hidden state.
+
+    Declared by the manifest ("conditioning_outputs", e.g. {"text_encoder": "hidden_states.11"}) for
+    exports that keep only some hidden states; otherwise read from the model: an export of every
+    layer's hidden state (hidden_states.0 = the embeddings .. hidden_states.L) has L layers, and the
+    penultimate one is hidden_states.{L-1}. Never guessed from a partial list."""
+    declared = entry.get("conditioning_outputs", {}).get(part)
+    if declared is not None:
+        if declared not in output_names:
+            raise ValueError(f"{part} has no output {declared!r} (it exports {', '.join(output_names)})")
+        return declared
+    layers = sorted(int(m.group(1)) for name in output_names if (m := re.fullmatch(r"hidden_states\.(\d+)", name)))
+    if len(layers) < 2 or layers != list(range(len(layers))):
+        raise ValueError(f"{part} does not export every layer's hidden state; the manifest must name the "
+                         "penultimate one in \"conditioning_outputs\"")
+    return f"hidden_states.{layers[-1] - 1}"
 
 
 async def report(on_stage, name):
@@ -29,7 +38,8 @@ async def report(on_stage, name):
 
 class SDXLBundle:
     """A loaded bundle: its tokenizers (TOKENIZERS folders), one session per ONNX part (PARTS, as
-    attributes of the same names) and its scheduler config (read with SCHEDULE_CONFIG)."""
+    attributes of the same names; the file is `{part}/model.onnx` unless the manifest's "parts" names
+    another) and its scheduler config (read with SCHEDULE_CONFIG)."""
 
     TOKENIZERS: tuple = ()
     PARTS: tuple = ()
@@ -54,7 +64,7 @@ class SDXLBundle:
         sessions = []
         for part in cls.PARTS:
             await report(on_stage, f"load {part}")
-            sessions.append(await runtime.session(f"{part}/model.onnx"))
+            sessions.append(await runtime.session(entry.get("parts", {}).get(part, f"{part}/model.onnx")))
         schedule_config = cls.SCHEDULE_CONFIG.from_dict(await runtime.read_json("scheduler_config.json"))
         return cls(runtime, entry, tokenizers, sessions, schedule_config)
 
@@ -82,7 +92,7 @@ class SDXLBundle:
     async def decode(self, latents):
         """Float image [H, W, 3] in [0, 1]."""
         feed = self.vae_decoder.inputs["latent_sample"].coerce(latents / np.float32(self.vae_scaling_factor))
-        sample = (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"]
+        sample = (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"].astype(np.float32)
         return np.clip(sample[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
 
 

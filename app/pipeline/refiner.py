@@ -12,7 +12,7 @@ diffusers does (negative first).
 
 import numpy as np
 
-from .bundle import LATENT_CHANNELS, SDXLBundle, penultimate_hidden_state, report
+from .bundle import LATENT_CHANNELS, SDXLBundle, conditioning_output, report
 from .sampling import sample_euler
 from .scheduler import EulerConfig, img2img_schedule, scale_model_input
 from .seeds import refiner_noise
@@ -34,7 +34,7 @@ class SDXLRefiner(SDXLBundle):
         if "text_embeds" not in encoder.output_names:
             raise ValueError("the refiner's text encoder exports no text_embeds")
         ids = encoder.inputs["input_ids"].coerce([self.tokenizers[0](prompt)])
-        name = penultimate_hidden_state(encoder.output_names)
+        name = conditioning_output(self.entry, "text_encoder_2", encoder.output_names)
         out = await encoder.run({"input_ids": ids}, [name, "text_embeds"])
         return out[name].astype(np.float32), out["text_embeds"].astype(np.float32)
 

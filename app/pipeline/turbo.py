@@ -6,7 +6,7 @@ Runs on any runtime with the interface of `app/runtime/interface.py`; guidance i
 
 import numpy as np
 
-from .bundle import SDXLBundle, penultimate_hidden_state, report
+from .bundle import SDXLBundle, conditioning_output, report
 from .sampling import sample_euler_ancestral
 from .scheduler import ScheduleConfig, make_schedule, scale_model_input
 from .seeds import seeded_noise
@@ -23,9 +23,10 @@ class SDXLTurbo(SDXLBundle):
         """(prompt_embeds [1,77,D1+D2], pooled text_embeds [1,P]) from both CLIP encoders."""
         hidden = []
         pooled = None
-        for tokenize, encoder in zip(self.tokenizers, (self.text_encoder, self.text_encoder_2)):
+        for tokenize, part in zip(self.tokenizers, ("text_encoder", "text_encoder_2")):
+            encoder = getattr(self, part)
             ids = encoder.inputs["input_ids"].coerce([tokenize(prompt)])
-            name = penultimate_hidden_state(encoder.output_names)
+            name = conditioning_output(self.entry, part, encoder.output_names)
             wanted = [name] + (["text_embeds"] if "text_embeds" in encoder.output_names else [])
             out = await encoder.run({"input_ids": ids}, wanted)
             hidden.append(out[name])

@@ -16,6 +16,7 @@ REQUIRED_FIELDS = ("id", "name", "style", "description", "license", "pipeline", 
                    "vae_scaling_factor", "vae_scale_factor", "variants")
 VARIANT_REQUIRED_FIELDS = ("id", "precision", "requires", "gpu_memory_bytes", "disk_bytes", "files")
 FILE_REQUIRED_FIELDS = ("path", "url", "size", "sha256")
+PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
 
 _ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -82,6 +83,25 @@ def _file_problems(f) -> list[tuple[str, str]]:
     return out
 
 
+def _layout_problems(v) -> list[str]:
+    """Problems with a variant's optional "parts" and "conditioning_outputs"."""
+    out = []
+    paths = {f.get("path") for f in v.get("files") or [] if isinstance(f, dict)}
+    parts = v.get("parts", {})
+    if not (isinstance(parts, dict) and all(isinstance(p, str) for p in parts.values())):
+        out.append('"parts" must map pipeline parts to file paths.')
+    else:
+        out += [f'"parts" names {k!r}, which is not a pipeline part.' for k in parts if k not in PARTS]
+        out += [f'"parts" gives {k!r} the file {p!r}, which is not one of the files.' for k, p in parts.items()
+                if k in PARTS and p not in paths]
+    outputs = v.get("conditioning_outputs", {})
+    if not (isinstance(outputs, dict) and all(isinstance(k, str) and k.startswith("text_encoder") and
+                                              isinstance(o, str) and re.fullmatch(r"hidden_states\.\d+", o)
+                                              for k, o in outputs.items())):
+        out.append('"conditioning_outputs" must map text encoders to outputs named "hidden_states.N".')
+    return out
+
+
 def _variant_problems(v) -> list[tuple[str, str]]:
     """(variant/file label, problem) pairs for one variant."""
     if not isinstance(v, dict):
@@ -105,6 +125,7 @@ def _variant_problems(v) -> list[tuple[str, str]]:
         chunk = v["external_data_chunk_bytes"]
         if not (_is_int(chunk) and chunk > 0):
             out.append((label, '"external_data_chunk_bytes" must be a positive whole number of bytes.'))
+    out.extend((label, problem) for problem in _layout_problems(v))
     files = v.get("files")
     if "files" in v and not (isinstance(files, list) and files):
         out.append((label, '"files" must be a non-empty list.'))
