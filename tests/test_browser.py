@@ -142,19 +142,30 @@ def test_same_seed_twice_gives_identical_png_bytes(app):
     assert other != first
 
 
+PROBE = """() => {
+    (window.__probe || {}).running = false;
+    const probe = window.__probe = {maxGap: 0, longTasks: [], running: true};
+    let last = performance.now();
+    const frame = (t) => { probe.maxGap = Math.max(probe.maxGap, t - last); last = t;
+                           if (probe.running) requestAnimationFrame(frame); };
+    requestAnimationFrame(frame);
+    new PerformanceObserver((list) => list.getEntries().forEach(e => probe.running && probe.longTasks.push(e.duration)))
+        .observe({type: 'longtask'});
+}"""
+STOP_PROBE = "() => { window.__probe.running = false; return window.__probe; }"
+
+
 def test_page_stays_responsive_while_generating(app):
     """Measured in the page: the longest gap between animation frames and the long tasks
-    (PerformanceObserver 'longtask', >50 ms) during a whole generation, plus typing mid-run."""
+    (PerformanceObserver 'longtask', >50 ms) during a whole generation, plus typing mid-run. The
+    limits are what a visitor notices (a 500 ms freeze, a 200 ms task), or a few times what the same
+    page shows idle just before on this machine, whichever is larger: a loaded machine slips frames
+    whatever the page does, and that must not fail the test."""
     fill(app, seed="5", steps="2")
-    app.evaluate("""() => {
-        window.__probe = {maxGap: 0, longTasks: [], running: true};
-        let last = performance.now();
-        const frame = (t) => { window.__probe.maxGap = Math.max(window.__probe.maxGap, t - last); last = t;
-                               if (window.__probe.running) requestAnimationFrame(frame); };
-        requestAnimationFrame(frame);
-        new PerformanceObserver((list) => list.getEntries().forEach(e => window.__probe.longTasks.push(e.duration)))
-            .observe({type: 'longtask'});
-    }""")
+    app.evaluate(PROBE)
+    app.wait_for_timeout(2000)  # a measuring window, not a wait for something
+    idle = app.evaluate(STOP_PROBE)
+    app.evaluate(PROBE)
     steps, finished = counter(app, "steps"), counter(app, "finished")
     app.get_by_role("button", name="Generate").click()
     wait_counter(app, "steps", steps + 1)  # denoising has begun
@@ -162,10 +173,12 @@ def test_page_stays_responsive_while_generating(app):
     expect(app.get_by_label("Prompt")).to_have_value(PROMPT + " typed")
     wait_counter(app, "finished", finished + 1)
     expect(app.get_by_role("status")).to_have_text("Done.")
-    probe = app.evaluate("() => { window.__probe.running = false; return window.__probe; }")
-    print(f"responsiveness: longest frame gap {probe['maxGap']:.0f} ms, long tasks {probe['longTasks']}")
-    assert probe["maxGap"] < 500
-    assert max(probe["longTasks"], default=0) < 200
+    probe = app.evaluate(STOP_PROBE)
+    idle_task = max(idle["longTasks"], default=0)
+    print(f"responsiveness: longest frame gap {probe['maxGap']:.0f} ms (idle {idle['maxGap']:.0f} ms), "
+          f"long tasks {probe['longTasks']} (idle {idle['longTasks']})")
+    assert probe["maxGap"] < max(500, 4 * idle["maxGap"])
+    assert max(probe["longTasks"], default=0) < max(200, 4 * idle_task)
 
 
 def test_cancel_stops_the_run_and_the_next_one_succeeds(app):
