@@ -129,7 +129,9 @@ class WebRuntime:
 
     async def session(self, path):
         folder = path.rpartition("/")[0]
-        external = [p for p in self.files if p != path and p.rpartition("/")[0] == folder and not p.endswith(".json")]
+        # Its external data: the other files beside it, but not other graphs (the q4f16 layout keeps all
+        # four in onnx/) nor JSON; those are self-contained and go to ORT as they are.
+        external = [p for p in self.files if p.rpartition("/")[0] == folder and not p.endswith((".onnx", ".json"))]
         options = {"executionProviders": [self.execution_provider], "graphOptimizationLevel": "all"}
         if external:  # the graph's weights are beside it: rewrite it to read them chunk by chunk
             model, chunks = split_external_data((await self.files[path].arrayBuffer()).to_bytes(), self.chunk_bytes)

@@ -1,0 +1,71 @@
+"""fp16 tensors across the real web bridge: the tiny bundle in the webnn q4f16 layout (MatMulNBits int4
+weights, fp16 in and out, int32/int64 ids, files under onnx/) installs and generates in headless Chromium.
+SwiftShader has no shader-f16, so it runs on onnxruntime-web's CPU (wasm) back end, which does run these
+graphs (MatMulNBits included); the image must match the CPython pipeline over the same files."""
+
+import hashlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from app.pipeline.bundle import to_uint8
+from app.pipeline.turbo import SDXLTurbo
+from app.runtime.ort import OrtRuntime
+from app.worker.device import pick_variant
+from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, ROOT, RUN_TIMEOUT_MS, run
+from test_browser import fill, generate_and_download
+from test_real_interfaces import CONDITIONING, FP16_FIDELITY, PARTS, Q4F16
+
+pytestmark = pytest.mark.browser
+
+MODEL = "tiny-q4f16"
+
+
+def q4f16_entry():
+    """The tiny model's manifest entry with one variant: the q4f16 layout's files, served like the others."""
+    entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
+    files = [{"path": rel, "url": f"/models/{Q4F16.name}/{rel}", "size": p.stat().st_size,
+              "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+             for p in sorted(Q4F16.rglob("*")) if p.is_file() and "reference" not in p.parts
+             for rel in [p.relative_to(Q4F16).as_posix()]]
+    variant = {"id": "q4f16", "precision": "q4f16", "requires": {"webgpu": False, "shader_f16": False},
+               "gpu_memory_bytes": 100_000_000, "disk_bytes": sum(f["size"] for f in files),
+               "parts": PARTS, "conditioning_outputs": CONDITIONING, "files": files}
+    return dict(entry, id=MODEL, name="Tiny SDXL-Turbo q4f16 (test model)", bench=False, variants=[variant])
+
+
+def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type, server):
+    browser = browser_type.launch(executable_path="/usr/bin/chromium",
+                                  args=[a for a in CHROMIUM_ARGS if a != "--enable-unsafe-webgpu"])
+    try:
+        context = browser.new_context(accept_downloads=True, service_workers="block")
+        extra = q4f16_entry()
+
+        def manifest(route):
+            body = json.loads(route.fetch().text())
+            route.fulfill(json=dict(body, models=body["models"] + [extra]))
+
+        context.route("**/models_manifest.json", manifest)
+        page = context.new_page()
+        page.goto(server)
+        expect(page.get_by_role("status")).to_have_text("Ready (wasm).", timeout=BOOT_TIMEOUT_MS)
+        row = page.locator(f"#model-{MODEL}")
+        row.get_by_role("button", name="Install", exact=True).click()
+        expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+        page.get_by_label("Model", exact=True).select_option(MODEL)
+        fill(page, prompt="a photo of a cat", seed="5", steps="2")
+        _, png = generate_and_download(page)
+    finally:
+        browser.close()
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    cpu = run(SDXLTurbo.load(OrtRuntime(Q4F16), pick_variant(extra, {})))
+    expected = to_uint8(run(cpu.generate("a photo of a cat", 5, 2, 64, 64))).astype(int)
+    diff = np.abs(img - expected)
+    print(f"q4f16 in the browser (wasm) vs CPython: max |diff| {diff.max()} levels, mean {diff.mean():.4f}")
+    # within the fp16 fidelity on floats, which is at most this many levels once both sides are rounded
+    assert diff.max() <= math.ceil(FP16_FIDELITY * 255)
