@@ -63,6 +63,13 @@ def add_row(m):
         button = make("button", buttons, label, type="button", aria_describedby=name.id)
         listen(button, "click", handler)
         r[key] = button
+    # What the visitor is choosing: the variant this device gets (and why, when it is not the first),
+    # the kind of pictures (test models say they draw test patterns), the licence.
+    variant = f"{m.variant} variant" if m.variant else ""
+    facts = [x for x in (variant, m.style, f"License: {m.license}" if m.license else "") if x]
+    details = make("p", row, " · ".join(facts), class_="model-details", id=f"model-{m.id}-details")
+    if m.variant_reason:
+        make("span", details, f" {m.variant_reason}")
     r["message"] = make("p", row, "", class_="model-message", id=f"model-{m.id}-message")
     rows[m.id] = r
     return r

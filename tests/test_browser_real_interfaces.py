@@ -69,3 +69,28 @@ def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type
     print(f"q4f16 in the browser (wasm) vs CPython: max |diff| {diff.max()} levels, mean {diff.mean():.4f}")
     # within the fp16 fidelity on floats, which is at most this many levels once both sides are rounded
     assert diff.max() <= math.ceil(FP16_FIDELITY * 255)
+
+
+def test_models_panel_says_which_variant_this_device_gets_and_why(browser, server):
+    """A model with a q4f16 variant first and fp32 second, on SwiftShader (no shader-f16): the row names
+    fp32 and the reason; the test model says it draws test patterns; both show their licence."""
+    entry = q4f16_entry()
+    fp32 = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())["variants"][0]
+    entry = dict(entry, id="two-variants", name="Two variants", variants=[
+        dict(entry["variants"][0], requires={"webgpu": True, "shader_f16": True}), fp32])
+    context = browser.new_context(service_workers="block")
+
+    def manifest(route):
+        body = json.loads(route.fetch().text())
+        route.fulfill(json=dict(body, models=body["models"] + [entry]))
+
+    context.route("**/models_manifest.json", manifest)
+    page = context.new_page()
+    page.goto(server)
+    details = page.locator("#model-two-variants-details")
+    expect(details).to_contain_text("fp32 variant", timeout=BOOT_TIMEOUT_MS)
+    expect(details).to_contain_text("q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks")
+    tiny = page.locator("#model-tiny-sdxl-turbo-details")
+    expect(tiny).to_contain_text("test pattern")
+    expect(tiny).to_contain_text("License: CC0-1.0")
+    context.close()

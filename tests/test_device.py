@@ -80,3 +80,15 @@ def test_a_single_variant_keeps_the_model_name():
     entry = {"id": "tiny", "name": "Tiny", "variants": [{"id": "fp32", "requires": {"webgpu": False}}]}
     chosen = pick_variant(entry, {"backend": "wasm"})
     assert chosen == {"id": "tiny", "name": "Tiny", "variant": "fp32", "requires": {"webgpu": False}}
+
+
+def test_the_variant_a_device_gets_says_why_when_it_is_not_the_first():
+    entry = {"id": "sdxl", "name": "SDXL-Turbo", "variants": [
+        {"id": "q4f16", "requires": {"webgpu": True, "shader_f16": True}},
+        {"id": "fp32", "requires": {"webgpu": True}},
+    ]}
+    assert "variant_reason" not in pick_variant(entry, dict(GPU, shader_f16=True))
+    reason = pick_variant(entry, GPU)["variant_reason"]
+    assert reason == ("q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks, "
+                      "so the fp32 variant is used here.")
+    assert "variant_reason" not in pick_variant(entry, {"backend": "wasm"})  # none runs: unsuitable() explains

@@ -69,7 +69,9 @@ def page_row(model_id: str, entry: dict, status: dict) -> dict:
     return {"id": model_id, "name": entry["name"], "state": status.get("state", "not-installed"),
             "done_mb": status.get("done", 0) / 1e6, "total_mb": sum(f["size"] for f in entry["files"]) / 1e6,
             "speed_mbps": status.get("speed", 0) / 1e6, "eta_s": status.get("eta_s", -1),
-            "message": status.get("message", ""), "error": bool(status.get("error"))}
+            "message": status.get("message", ""), "error": bool(status.get("error")),
+            "style": entry.get("style", ""), "license": entry.get("license", ""), "variant": entry.get("variant") or "",
+            "variant_reason": entry.get("variant_reason", "")}
 
 
 def match_import(size: int, digest: str, models: dict) -> list[tuple[str, dict]]:

@@ -82,7 +82,21 @@ def pick_variant(entry: dict, caps: dict) -> dict:
     merged = [{**model, **v, "id": entry["id"], "variant": v["id"],
                "name": f"{entry['name']} ({v['id']})" if many else entry["name"]}
               for v in entry["variants"]]
-    return next((m for m in merged if unsuitable(m, caps) is None), merged[0])
+    chosen = next((m for m in merged if unsuitable(m, caps) is None), merged[0])
+    if chosen is not merged[0]:
+        chosen = dict(chosen, variant_reason=f"{merged[0]['variant']} needs {missing(merged[0], caps)}, which this "
+                                             f"device lacks, so the {chosen['variant']} variant is used here.")
+    return chosen
+
+
+def missing(entry: dict, caps: dict) -> str:
+    """What of a variant's requirements this device lacks, in a few words."""
+    needs = entry.get("requires", {})
+    if caps.get("backend") != "webgpu" and needs.get("webgpu", True):
+        return "WebGPU"
+    if needs.get("shader_f16") and not caps.get("shader_f16"):
+        return "16-bit GPU shaders (shader-f16)"
+    return f"GPU buffers of {needs.get('max_buffer_bytes', 0) / 2**20:.0f} MiB"
 
 
 _LOST = ("device lost", "device was lost", "devicelost", "device is lost", "destroyed", "gpudevicelost")
