@@ -39,18 +39,22 @@ def q4f16_entry():
     return dict(entry, id=MODEL, name="Tiny SDXL-Turbo q4f16 (test model)", bench=False, variants=[variant])
 
 
+def offering(context, entry):
+    """The context's pages get the site's model list with `entry` added (service workers blocked)."""
+    def manifest(route):
+        body = json.loads(route.fetch().text())
+        route.fulfill(json=dict(body, models=body["models"] + [entry]))
+
+    context.route("**/models_manifest.json", manifest)
+    return context
+
+
 def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type, server):
     browser = browser_type.launch(executable_path="/usr/bin/chromium",
                                   args=[a for a in CHROMIUM_ARGS if a != "--enable-unsafe-webgpu"])
     try:
-        context = browser.new_context(accept_downloads=True, service_workers="block")
         extra = q4f16_entry()
-
-        def manifest(route):
-            body = json.loads(route.fetch().text())
-            route.fulfill(json=dict(body, models=body["models"] + [extra]))
-
-        context.route("**/models_manifest.json", manifest)
+        context = offering(browser.new_context(accept_downloads=True, service_workers="block"), extra)
         page = context.new_page()
         page.goto(server)
         expect(page.get_by_role("status")).to_have_text("Ready (wasm).", timeout=BOOT_TIMEOUT_MS)
@@ -78,13 +82,7 @@ def test_models_panel_says_which_variant_this_device_gets_and_why(browser, serve
     fp32 = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())["variants"][0]
     entry = dict(entry, id="two-variants", name="Two variants", variants=[
         dict(entry["variants"][0], requires={"webgpu": True, "shader_f16": True}), fp32])
-    context = browser.new_context(service_workers="block")
-
-    def manifest(route):
-        body = json.loads(route.fetch().text())
-        route.fulfill(json=dict(body, models=body["models"] + [entry]))
-
-    context.route("**/models_manifest.json", manifest)
+    context = offering(browser.new_context(service_workers="block"), entry)
     page = context.new_page()
     page.goto(server)
     details = page.locator("#model-two-variants-details")
