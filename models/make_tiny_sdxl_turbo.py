@@ -590,12 +590,14 @@ ORT_INT = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 class OrtPipeline:
-    def __init__(self, bundle: str = OUT):
+    def __init__(self, bundle: str = OUT, parts: dict | None = None):
+        """`parts`: a part's ONNX file when it is not <part>/model.onnx (other layouts of the same model)."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
-        mk = lambda sub: ort.InferenceSession(os.path.join(bundle, sub, "model.onnx"), so, providers=["CPUExecutionProvider"])
+        mk = lambda sub: ort.InferenceSession(os.path.join(bundle, (parts or {}).get(sub, f"{sub}/model.onnx")), so,
+                                              providers=["CPUExecutionProvider"])
         self.te1, self.te2 = mk("text_encoder"), mk("text_encoder_2")
         self.unet, self.vae = mk("unet"), mk("vae_decoder")
         from tokenizers import Tokenizer

@@ -200,13 +200,7 @@ class OrtQ4F16Pipeline(base.OrtPipeline):
     each encoder's own type, fp16 in and out (latents stay fp32 between steps, as the app keeps them)."""
 
     def __init__(self):
-        import onnxruntime as ort
-
-        super().__init__(base.OUT)  # tokenizers and scheduler: the same files
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        mk = lambda part: ort.InferenceSession(os.path.join(OUT, PARTS[part][0]), so, providers=["CPUExecutionProvider"])
-        self.te1, self.te2, self.unet, self.vae = (mk(p) for p in PARTS)
+        super().__init__(OUT, {part: path for part, (path, _, _) in PARTS.items()})
 
     def encode(self, prompt):
         ids1 = self.tokenize(0, prompt)[None].astype(PARTS["text_encoder"][1])

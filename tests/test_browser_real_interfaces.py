@@ -3,7 +3,6 @@ weights, fp16 in and out, int32/int64 ids, files under onnx/) installs and gener
 SwiftShader has no shader-f16, so it runs on onnxruntime-web's CPU (wasm) back end, which does run these
 graphs (MatMulNBits included); the image must match the CPython pipeline over the same files."""
 
-import hashlib
 import io
 import json
 import math
@@ -19,7 +18,7 @@ from app.runtime.ort import OrtRuntime
 from app.worker.device import pick_variant
 from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, ROOT, RUN_TIMEOUT_MS, run
 from test_browser import fill, generate_and_download
-from test_real_interfaces import CONDITIONING, FP16_FIDELITY, PARTS, Q4F16
+from test_real_interfaces import CONDITIONING, FP16_FIDELITY, PARTS, Q4F16, q4f16_files
 
 pytestmark = pytest.mark.browser
 
@@ -29,10 +28,7 @@ MODEL = "tiny-q4f16"
 def q4f16_entry():
     """The tiny model's manifest entry with one variant: the q4f16 layout's files, served like the others."""
     entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
-    files = [{"path": rel, "url": f"/models/{Q4F16.name}/{rel}", "size": p.stat().st_size,
-              "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-             for p in sorted(Q4F16.rglob("*")) if p.is_file() and "reference" not in p.parts
-             for rel in [p.relative_to(Q4F16).as_posix()]]
+    files = q4f16_files()
     variant = {"id": "q4f16", "precision": "q4f16", "requires": {"webgpu": False, "shader_f16": False},
                "gpu_memory_bytes": 100_000_000, "disk_bytes": sum(f["size"] for f in files),
                "parts": PARTS, "conditioning_outputs": CONDITIONING, "files": files}

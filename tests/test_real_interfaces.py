@@ -3,6 +3,7 @@ webnn/sdxl-turbo q4f16 (models/make_tiny_sdxl_turbo_q4f16.py: file names under o
 weights, fp16 in and out, int32 ids for the first encoder and int64 for the second, an fp16 timestep of
 shape [1], only the penultimate hidden state exported) runs through the same code as the fp32 one."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from app.pipeline.bundle import conditioning_output
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
+from app.store.manifest import model_problems
 from conftest import ROOT, assert_close, run
 
 Q4F16 = ROOT / "models" / "tiny-sdxl-turbo-q4f16"
@@ -83,14 +85,16 @@ def test_without_the_declaration_the_q4f16_bundle_is_refused_not_misread(manifes
         run(pipe.encode_prompt("a photo of a cat"))
 
 
+def q4f16_files():
+    """The q4f16 fixture's files (its references aside) as manifest file entries, served under /models/."""
+    return [{"path": rel, "url": f"/models/{Q4F16.name}/{rel}", "size": p.stat().st_size,
+             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+            for p in sorted(Q4F16.rglob("*")) if p.is_file() and "reference" not in p.parts
+            for rel in [p.relative_to(Q4F16).as_posix()]]
+
+
 def test_the_manifest_can_describe_the_q4f16_layout(manifest_entry):
-    import hashlib
-
-    from app.store.manifest import model_problems
-
-    files = [{"path": p.relative_to(Q4F16).as_posix(), "url": f"/models/tiny-sdxl-turbo-q4f16/{p.relative_to(Q4F16).as_posix()}",
-              "size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-             for p in sorted(Q4F16.rglob("*")) if p.is_file() and "reference" not in p.parts]
+    files = q4f16_files()
     entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
     entry["variants"].insert(0, {"id": "q4f16", "precision": "q4f16", "requires": {"webgpu": True, "shader_f16": True},
                                  "gpu_memory_bytes": 100_000_000, "disk_bytes": sum(f["size"] for f in files),

@@ -56,18 +56,32 @@ def lower_resolution(entry: dict, height: int, width: int) -> tuple[int, int] | 
     return smaller[-1] if smaller else None
 
 
-def unsuitable(entry: dict, caps: dict) -> str | None:
-    """Why this model cannot run here (in plain words), or None if it can."""
+def lacking(entry: dict, caps: dict) -> str | None:
+    """The first requirement of a model or variant this device does not meet: "webgpu", "shader_f16",
+    "buffers", or None when it meets them all."""
     needs = entry.get("requires", {})
     if caps.get("backend") != "webgpu" and needs.get("webgpu", True):
-        return (f"{entry['name']} needs WebGPU, which this browser does not offer here; "
-                "only small models can run on the CPU.")
+        return "webgpu"
     if needs.get("shader_f16") and not caps.get("shader_f16"):
-        return (f"{entry['name']} uses 16-bit GPU shaders (shader-f16), which this GPU does not support. "
-                "Choose its fp32 variant.")
+        return "shader_f16"
     limit = caps.get("max_buffer_size")
     if limit and needs.get("max_buffer_bytes", 0) > limit:
-        return (f"{entry['name']} needs GPU buffers of {needs['max_buffer_bytes'] / 2**20:.0f} MiB, "
+        return "buffers"
+    return None
+
+
+def unsuitable(entry: dict, caps: dict) -> str | None:
+    """Why this model cannot run here (in plain words), or None if it can."""
+    lack = lacking(entry, caps)
+    if lack == "webgpu":
+        return (f"{entry['name']} needs WebGPU, which this browser does not offer here; "
+                "only small models can run on the CPU.")
+    if lack == "shader_f16":
+        return (f"{entry['name']} uses 16-bit GPU shaders (shader-f16), which this GPU does not support. "
+                "Choose its fp32 variant.")
+    if lack == "buffers":
+        limit = caps["max_buffer_size"]
+        return (f"{entry['name']} needs GPU buffers of {entry['requires']['max_buffer_bytes'] / 2**20:.0f} MiB, "
                 f"more than this GPU allows ({limit / 2**20:.0f} MiB).")
     return None
 
@@ -91,12 +105,8 @@ def pick_variant(entry: dict, caps: dict) -> dict:
 
 def missing(entry: dict, caps: dict) -> str:
     """What of a variant's requirements this device lacks, in a few words."""
-    needs = entry.get("requires", {})
-    if caps.get("backend") != "webgpu" and needs.get("webgpu", True):
-        return "WebGPU"
-    if needs.get("shader_f16") and not caps.get("shader_f16"):
-        return "16-bit GPU shaders (shader-f16)"
-    return f"GPU buffers of {needs.get('max_buffer_bytes', 0) / 2**20:.0f} MiB"
+    return {"webgpu": "WebGPU", "shader_f16": "16-bit GPU shaders (shader-f16)"}.get(
+        lacking(entry, caps), f"GPU buffers of {entry.get('requires', {}).get('max_buffer_bytes', 0) / 2**20:.0f} MiB")
 
 
 _LOST = ("device lost", "device was lost", "devicelost", "device is lost", "destroyed", "gpudevicelost")

@@ -45,12 +45,10 @@ class Generator:
         self.loaded = None
 
     async def delete_model(self, model_id):
-        async def delete():  # never while its sessions are running
+        async with self.queue.lock:  # never while its sessions are running
             if self.loaded and self.loaded[0] == model_id:
                 self.unload()
             await self.installer.delete(model_id)
-
-        await self.queue.exclusive(delete)
 
     async def pipeline(self, model_id, on_stage):
         if self.loaded and self.loaded[0] == model_id:

@@ -47,8 +47,3 @@ class JobQueue:
             self.report_failure(job_id, e, args[0] if args else None)
         finally:
             self.cancelled.discard(job_id)
-
-    async def exclusive(self, work, *args):
-        """Run storage work that must not overlap a run (e.g. deleting the loaded model's files)."""
-        async with self.lock:
-            return await work(*args)
