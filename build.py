@@ -6,7 +6,10 @@ What goes in, and where it lands in the site:
   static/**                 -> copied to the site root (index.html, *.py, *.mjs, *.css, ...)
   static/sw.js              -> sw.js with the build's version and precache list filled in
   app/**/*.py               -> app.zip, entries "app/...", byte-for-byte reproducible
-  models_manifest/*.json    -> models_manifest.json, {"models": [...]} sorted by file name
+  models_manifest/*.json    -> models_manifest.json, {"models": [...]} sorted by file name; a file the
+                               site (or serve.py's models/) holds must match its entry's size and sha256
+  models/sdxl/**            -> sdxl/ (the tokenizers and scheduler config every SDXL bundle shares;
+                               fetched only by installs, so not precached)
   pyproject.toml            -> build-info.json (app version) together with the pins below
   build.lock.json pins:
     npm onnxruntime-web      -> vendor/ort/          (native WebGPU build + its asyncify wasm)
@@ -389,10 +392,35 @@ def app_zip(root: Path) -> bytes:
     return buffer.getvalue()
 
 
-def models_manifest(root: Path) -> bytes:
+SHARED = "sdxl"
+
+
+def shared_model_files(root: Path) -> dict[str, bytes]:
+    base = root / "models" / SHARED
+    return {f"{SHARED}/{p.relative_to(base).as_posix()}": p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def local_file_problem(f: dict, site: dict[str, bytes], root: Path) -> str | None:
+    """A same-origin file of a manifest entry that the site (or models/, which serve.py serves at
+    /models/) holds with other bytes than the entry says; None when it matches or is not ours."""
+    url = f["url"]
+    if not url.startswith("/"):
+        return None
+    rel = url.lstrip("/")
+    data = site.get(rel)
+    if data is None and rel.startswith("models/") and (root / rel).is_file():
+        data = (root / rel).read_bytes()
+    if data is None:
+        return None
+    if len(data) != f["size"] or (f["sha256"] and sha256_hex(data) != f["sha256"]):
+        return f"{url} is {len(data)} bytes with sha256 {sha256_hex(data)}, not what the manifest says"
+    return None
+
+
+def models_manifest(root: Path, site: dict[str, bytes]) -> bytes:
     """The models_manifest/<id>.json entries as {"schema": 1, "models": [...]}, ordered by file name.
     An entry the app would reject is left out with a warning, so one unfinished entry (say, sizes
-    not yet filled in) does not stop the build."""
+    not yet filled in) does not stop the build; one whose local files differ from it stops it."""
     from app.store.manifest import SCHEMA, model_problems
 
     models = []
@@ -411,6 +439,10 @@ def models_manifest(root: Path) -> bytes:
                   f"python models_manifest/refresh.py models_manifest/{path.name}",
                   file=sys.stderr)
             continue
+        for v in entry["variants"]:
+            for f in v["files"]:
+                if (problem := local_file_problem(f, site, root)):
+                    raise BuildError(f"{path.name}, variant {v['id']}: {problem}")
         models.append(entry)
     return to_json({"schema": SCHEMA, "models": models})
 
@@ -434,10 +466,11 @@ SW_BUILD_LINE = 'const BUILD = {"version": "unbuilt", "files": {}};'
 def service_worker(site: dict[str, bytes], template: bytes) -> bytes:
     """sw.js for this site: the template with the build's version and its precache list.
 
-    Every other file of the site is precached under its content hash; the version hashes them
-    all, so any change to the site changes sw.js, which is how browsers learn of a new build.
+    Every other file of the site but the shared model files (installs fetch those into OPFS) is
+    precached under its content hash; the version hashes them all, so any change to the site changes sw.js, which is how browsers learn of a new build.
     """
-    files = {rel: sha256_hex(data)[:16] for rel, data in sorted(site.items()) if rel != SERVICE_WORKER}
+    files = {rel: sha256_hex(data)[:16] for rel, data in sorted(site.items())
+             if rel != SERVICE_WORKER and not rel.startswith(SHARED + "/")}
     version = sha256_hex("".join(f"{rel} {h}\n" for rel, h in files.items()).encode())[:16]
     text = template.decode("utf-8")
     if text.count(SW_BUILD_LINE) != 1:
@@ -540,7 +573,8 @@ def build(
         log(f"  warning: {root / 'static' / 'index.html'} is missing")
     add_files(site, static, "static/")
     app = app_zip(root)
-    add_files(site, {"app.zip": app, "models_manifest.json": models_manifest(root)}, "project")
+    add_files(site, shared_model_files(root), f"models/{SHARED}/")
+    add_files(site, {"app.zip": app, "models_manifest.json": models_manifest(root, site)}, "project")
     add_files(site, {"build-info.json": build_info(project_version(root), lock, wheels, app)}, "project")
     if SERVICE_WORKER in site:
         site[SERVICE_WORKER] = service_worker(site, site[SERVICE_WORKER])

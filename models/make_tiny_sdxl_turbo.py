@@ -18,6 +18,8 @@ Writes:
         vae_decoder/model.onnx         AutoencoderKL post_quant_conv + decoder
         tokenizer/, tokenizer_2/       tokenizer.json + tokenizer_config.json (CLIP BPE)
         scheduler_config.json          sdxl-turbo EulerAncestralDiscreteScheduler
+        (the tokenizers and the scheduler config are the real SDXL-Turbo's: CLIP's BPE, padded with
+        "<|endoftext|>" and "!"; copies go to models/sdxl/, which the site serves to every SDXL bundle)
         reference/cases.json           cases + tokenizer-only cases
         reference/reference.npz        diffusers outputs for each case
     models_manifest/tiny-sdxl-turbo.json
@@ -47,6 +49,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLE_ID = "tiny-sdxl-turbo"
 OUT = os.path.join(ROOT, "models", BUNDLE_ID)
 MANIFEST = os.path.join(ROOT, "models_manifest", BUNDLE_ID + ".json")
+SHARED = os.path.join(ROOT, "models", "sdxl")
+SHARED_FILES = ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "tokenizer_2/tokenizer.json",
+                "tokenizer_2/tokenizer_config.json", "scheduler_config.json")
 
 SEED = 20241124
 OPSET = 17
@@ -861,6 +866,9 @@ def main() -> int:
             assert ids == [49406, 320, 1125, 539, 320, 2368, 49407], ids
         assert tok_ids(t1, "")[-1] == EOS_ID and tok_ids(t2, "")[-1] == 0
         write_json(os.path.join(OUT, "scheduler_config.json"), SCHEDULER_CONFIG)
+        for path in SHARED_FILES:
+            os.makedirs(os.path.dirname(os.path.join(SHARED, path)), exist_ok=True)
+            shutil.copyfile(os.path.join(OUT, path), os.path.join(SHARED, path))
         te1, te2, unet, vae = build_models()
         export_onnx(te1, te2, unet, vae)
         record_references(te1, te2, unet, vae)

@@ -6,7 +6,8 @@ For every file whose url is {endpoint}/{owner}/{repo}/resolve/{revision}/{path}:
     GET {endpoint}/api/models/{owner}/{repo}/revision/{revision} and the url rewritten to the commit,
     so the entry names bytes that can never change under it;
   * size and sha256 come from GET {endpoint}/api/models/{owner}/{repo}/tree/{commit}/{folder}:
-    LFS files carry both (lfs.size, lfs.oid); any other file is downloaded and hashed.
+    LFS files carry both (lfs.size, lfs.oid); any other file is downloaded and hashed. A file that
+    took its sha256 from the host at install ("sha256_from": "host") is pinned like the others.
 Then each variant's disk_bytes is recomputed. Other urls (same-origin "/models/...") are left alone.
 
 Usage: python models_manifest/refresh.py [--endpoint https://huggingface.co] [entry.json ...]
@@ -105,6 +106,8 @@ class Hub:
         changes = [f"{key} {f.get(key)} -> {value}" for key, value in (("url", url), ("size", size), ("sha256", sha256))
                    if f.get(key) != value]
         f.update(url=url, size=size, sha256=sha256)
+        if f.pop("sha256_from", None):
+            changes.append("sha256 from the host at install -> pinned")
         return changes
 
 

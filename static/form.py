@@ -10,6 +10,7 @@ from result import clear_results
 from runs import retry, submit
 
 HISTORY_KEY = "lantern.history"
+MODEL_KEY = "lantern.model"
 HISTORY_SIZE = 50
 
 models = {}  # id -> {"defaults", "resolutions", "unsuitable", "pipeline"} from the worker's "ready" message
@@ -111,4 +112,16 @@ def randomize(event):
 
 
 def on_model_change(event):
+    window.localStorage.setItem(MODEL_KEY, el("model").value)
     fill_resolutions(el("model").value)
+
+
+def choose_model():
+    """The model the visitor chose last time; else the first listed that runs on this device."""
+    select = el("model")
+    ids = [select.options[i].value for i in range(select.options.length)]
+    runnable = [m for m in ids if not models[m]["unsuitable"]]
+    remembered = window.localStorage.getItem(MODEL_KEY)
+    chosen = remembered if remembered in ids else (runnable or ids or [""])[0]
+    if chosen:
+        select.value = chosen

@@ -35,6 +35,7 @@ def on_ready(msg):
     if msg.manifest_problem:
         show_error(msg.manifest_problem)
     if first:
+        form.choose_model()
         form.fill_resolutions(select.value)
         if caps.backend != "webgpu":
             el("notice").textContent = (f"{caps.reason} Images are made on the CPU instead, which is much slower; "

@@ -64,12 +64,11 @@ def add_row(m):
         listen(button, "click", handler)
         r[key] = button
     # What the visitor is choosing: the variant this device gets (and why, when it is not the first),
-    # the kind of pictures (test models say they draw test patterns), the licence.
-    variant = f"{m.variant} variant" if m.variant else ""
-    facts = [x for x in (variant, m.style, f"License: {m.license}" if m.license else "") if x]
-    details = make("p", row, " · ".join(facts), class_="model-details", id=f"model-{m.id}-details")
-    if m.variant_reason:
-        make("span", details, f" {m.variant_reason}")
+    # the kind of pictures (test models say they draw test patterns), what it needs, the licence, and
+    # where the hashes its files are checked against come from.
+    variant = f"{m.variant} variant, {size_text(m.total_mb)} download" if m.variant else ""
+    facts = (variant, m.variant_reason, m.style, m.needs, f"License: {m.license}" if m.license else "", m.hashes)
+    make("p", row, " · ".join(x for x in facts if x), class_="model-details", id=f"model-{m.id}-details")
     r["message"] = make("p", row, "", class_="model-message", id=f"model-{m.id}-message")
     rows[m.id] = r
     return r

@@ -38,7 +38,7 @@ def on_result(msg):
     canvas.height = msg.bitmap.height
     draw(msg.bitmap)
     el("preview-label").textContent = ""
-    shown["timing"][msg.id] = (msg.timing.total_ms, msg.timing.preview_ms, bool(msg.refinable))
+    shown["timing"][msg.id] = (msg.timing.total_ms, msg.timing.preview_ms, msg.refine_note)
     set_status("Saving the image…", 1)
 
 
@@ -51,8 +51,9 @@ def show_result(job_id):
     img.alt = "Generated image: " + p["prompt"]
     img.hidden = False
     el("preview").hidden = True
-    total, previews, refinable = r["timing"]
-    el("refine").disabled = not (refinable and r.get("latents") is not None)
+    total, previews, refine_note = r["timing"]
+    el("refine").disabled = bool(refine_note) or r.get("latents") is None
+    el("refine-note").textContent = refine_note
     el("caption").textContent = (f"Seed {p['seed']} · {p['steps']} steps · {p['height']}x{p['width']} · {p['model']}"
                                  f" · made in {total / 1000:.1f} s (previews {previews:.0f} ms)")
     el("download").disabled = False
@@ -66,7 +67,7 @@ def on_png(msg):
     results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename,
                        "parameters": {"prompt": p.prompt, "seed": msg.seed_text, "steps": p.steps, "height": p.height,
                                       "width": p.width, "model": p.model},
-                       "timing": shown["timing"].pop(msg.id, (0, 0, False))}
+                       "timing": shown["timing"].pop(msg.id, (0, 0, ""))}
     if msg.id in jobs and jobs[msg.id]["checkpoint"]:
         results[msg.id]["latents"] = jobs[msg.id]["checkpoint"][1]  # the final latents, for Refine
     if msg.id in jobs and jobs[msg.id]["batch"] > 1:

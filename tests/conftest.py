@@ -108,13 +108,23 @@ def server(fault_server):
     return f"http://127.0.0.1:{fault_server.server_address[1]}/"
 
 
+def tiny_by_default(context):
+    """Pages of `context` start on the tiny test model, as if the visitor had chosen it on an earlier visit
+    (a fresh visit starts on the first listed model this device can run: SDXL-Turbo, which the tests
+    cannot download)."""
+    context.add_init_script("localStorage.getItem('lantern.model') || localStorage.setItem('lantern.model', "
+                            "'tiny-sdxl-turbo')")
+    return context
+
+
 @pytest.fixture(scope="session")
 def app(browser, server):
     """One page, booted once and shared: Pyodide boot and model load happen a single time.
 
     Every request is recorded; anything not addressed to the local server is aborted.
     """
-    context = browser.new_context(accept_downloads=True, service_workers="block")  # routing misses what sw.js serves
+    # service workers blocked: routing misses what sw.js serves
+    context = tiny_by_default(browser.new_context(accept_downloads=True, service_workers="block"))
     requests = []
 
     def route(r):

@@ -18,7 +18,7 @@ from app.runtime.ort import OrtRuntime
 from app.worker.device import pick_variant
 from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, ROOT, RUN_TIMEOUT_MS, run
 from test_browser import fill, generate_and_download
-from test_real_interfaces import CONDITIONING, FP16_FIDELITY, PARTS, Q4F16, q4f16_files
+from test_real_interfaces import CONDITIONING, FP16_FIDELITY, FREE_DIMENSIONS, PARTS, Q4F16, q4f16_files
 
 pytestmark = pytest.mark.browser
 
@@ -31,7 +31,8 @@ def q4f16_entry():
     files = q4f16_files()
     variant = {"id": "q4f16", "precision": "q4f16", "requires": {"webgpu": False, "shader_f16": False},
                "gpu_memory_bytes": 100_000_000, "disk_bytes": sum(f["size"] for f in files),
-               "parts": PARTS, "conditioning_outputs": CONDITIONING, "files": files}
+               "parts": PARTS, "conditioning_outputs": CONDITIONING, "free_dimensions": FREE_DIMENSIONS,
+               "files": files}
     return dict(entry, id=MODEL, name="Tiny SDXL-Turbo q4f16 (test model)", bench=False, variants=[variant])
 
 

@@ -142,7 +142,7 @@ def test_models_manifest_merges_in_file_name_order(project):
     tiny = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())
     for name in ("b-model", "a-model"):
         (project / "models_manifest" / f"{name}.json").write_text(json.dumps(dict(tiny, id=name[0])))
-    merged = json.loads(build.models_manifest(project))
+    merged = json.loads(build.models_manifest(project, {}))
     assert merged["schema"] == 1 and [m["id"] for m in merged["models"]] == ["a", "b"]
 
 

@@ -1,11 +1,13 @@
 """Tiers, model fit and fault kinds, with made-up devices and timings."""
 
+import json
+
 import pytest
 
 from app.worker.bench import bench
 from app.worker.device import (FAST_MAX_MS, MEDIUM_MAX_MS, assign_tier, default_resolution, fault_kind,
                         lower_resolution, pick_variant, unsuitable)
-from conftest import run
+from conftest import ROOT, run
 
 SDXL = {"name": "SDXL-Turbo", "resolutions": [[512, 512], [768, 768], [1024, 1024], [512, 768]],
         "requires": {"webgpu": True, "max_buffer_bytes": 1_200_000_000}}
@@ -79,7 +81,16 @@ def test_variant_follows_shader_f16():
 def test_a_single_variant_keeps_the_model_name():
     entry = {"id": "tiny", "name": "Tiny", "variants": [{"id": "fp32", "requires": {"webgpu": False}}]}
     chosen = pick_variant(entry, {"backend": "wasm"})
-    assert chosen == {"id": "tiny", "name": "Tiny", "variant": "fp32", "requires": {"webgpu": False}}
+    assert chosen == {"id": "tiny", "name": "Tiny", "variant": "fp32", "requires": {"webgpu": False},
+                      "needs": "Runs on any device (WebGPU or the CPU)"}
+
+
+def test_the_models_panel_says_what_the_real_variants_need():
+    entry = json.loads((ROOT / "models_manifest" / "sdxl-turbo.json").read_text())
+    q4f16, fp32 = (pick_variant(dict(entry, variants=[v]), GPU)["needs"] for v in entry["variants"])
+    assert q4f16 == ("Needs WebGPU with 16-bit shaders (shader-f16), GPU buffers of 128 MiB, "
+                     "about 4 GB of GPU memory")
+    assert fp32 == "Needs WebGPU, GPU buffers of 256 MiB, about 16 GB of GPU memory"
 
 
 def test_the_variant_a_device_gets_says_why_when_it_is_not_the_first():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from conftest import BOOT_TIMEOUT_MS, ROOT, RUN_TIMEOUT_MS, SITE
+from conftest import BOOT_TIMEOUT_MS, ROOT, RUN_TIMEOUT_MS, SITE, tiny_by_default
 from test_browser import wait_counter
 
 sys.path.insert(0, str(ROOT))
@@ -118,7 +118,7 @@ def test_second_visit_boots_with_the_server_gone(browser, sites, built):
     site = sites(built)
     build_ = precache_of(built)
     assert "index.html" in build_["files"] and "vendor/pyodide/pyodide.asm.wasm" in build_["files"]
-    context = browser.new_context()
+    context = tiny_by_default(browser.new_context())
     page = context.new_page()
     page.goto(site.url)
     wait_ready(page)
@@ -153,7 +153,7 @@ def test_second_visit_boots_with_the_server_gone(browser, sites, built):
 def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
     old = precache_of(built)
     first = sites(built)
-    context = browser.new_context()
+    context = tiny_by_default(browser.new_context())
     page = context.new_page()
     page.goto(first.url)
     wait_controlled(page)
@@ -186,7 +186,7 @@ def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
 
 def test_isolated_on_a_host_without_isolation_headers(browser, sites, built):
     site = sites(built, isolation_headers=False)
-    context = browser.new_context()
+    context = tiny_by_default(browser.new_context())
     page = context.new_page()
     page.goto(site.url)
     # offline.py reloads once when the worker takes control; the reloaded page is isolated

@@ -24,6 +24,7 @@ CONDITIONING = {"text_encoder": "hidden_states.1", "text_encoder_2": "hidden_sta
 # 1-2). An fp16 step is ~1e-3 of a value; 5e-3 leaves room for a few of them, and a wiring mistake
 # (wrong hidden state, ids, timestep, scaling factor) moves the image by 1e-2 to 1e-1.
 FP16_FIDELITY = 5e-3
+FREE_DIMENSIONS = {"batch_size": 1, "sequence_length": 77}  # as the real entry says; the fixture has no sequence_length
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,17 @@ def test_the_fixture_has_the_real_q4f16_contract(q4f16_pipeline):
     assert {k: v.dtype for k, v in pipe.unet.inputs.items()} == dict.fromkeys(
         ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"], np.float16)
     assert pipe.vae_decoder.inputs["latent_sample"].dtype == np.float16
+
+
+def test_named_free_dimensions_are_fixed_as_the_manifest_says(q4f16_entry, q4f16_pipeline):
+    """"free_dimensions" reach every session (names a graph lacks are ignored) and change no pixel."""
+    fixed = run(SDXLTurbo.load(OrtRuntime(Q4F16), dict(q4f16_entry, free_dimensions=FREE_DIMENSIONS)))
+    for part in ("text_encoder", "text_encoder_2", "unet", "vae_decoder"):
+        assert all(i.shape[0] == 1 for i in getattr(fixed, part)._session.get_inputs() if len(i.shape) > 1), part
+        assert getattr(q4f16_pipeline, part)._session.get_inputs()[0].shape[0] == "batch_size"
+    assert fixed.unet._session.get_inputs()[0].shape == [1, 4, "height", "width"]  # resolutions stay free
+    expected = run(q4f16_pipeline.generate("a photo of a cat", 3, 2, 64, 64))
+    assert_close(run(fixed.generate("a photo of a cat", 3, 2, 64, 64)), expected, what="with free dimensions fixed")
 
 
 def test_q4f16_images_match_an_independent_loop_over_the_same_files(q4f16_pipeline):

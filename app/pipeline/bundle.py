@@ -39,7 +39,8 @@ async def report(on_stage, name):
 class SDXLBundle:
     """A loaded bundle: its tokenizers (TOKENIZERS folders), one session per ONNX part (PARTS, as
     attributes of the same names; the file is `{part}/model.onnx` unless the manifest's "parts" names
-    another) and its scheduler config (read with SCHEDULE_CONFIG)."""
+    another; named free dimensions fixed as its "free_dimensions" says) and its scheduler config (read
+    with SCHEDULE_CONFIG)."""
 
     TOKENIZERS: tuple = ()
     PARTS: tuple = ()
@@ -64,7 +65,8 @@ class SDXLBundle:
         sessions = []
         for part in cls.PARTS:
             await report(on_stage, f"load {part}")
-            sessions.append(await runtime.session(entry.get("parts", {}).get(part, f"{part}/model.onnx")))
+            sessions.append(await runtime.session(entry.get("parts", {}).get(part, f"{part}/model.onnx"),
+                                                  entry.get("free_dimensions")))
         schedule_config = cls.SCHEDULE_CONFIG.from_dict(await runtime.read_json("scheduler_config.json"))
         return cls(runtime, entry, tokenizers, sessions, schedule_config)
 

@@ -3,7 +3,8 @@
 A runtime is bound to one model bundle (a folder or a base URL) and gives:
   - `await read_json(path)`: a JSON file of the bundle;
   - `await tokenizer(tokenizer_json)`: `encode(text) -> list[int]` from a tokenizer.json dict;
-  - `await session(path)`: an inference session for an ONNX file of the bundle;
+  - `await session(path, free_dimensions=None)`: an inference session for an ONNX file of the bundle,
+    its named free dimensions fixed where `free_dimensions` ({name: size}) says (names it lacks are ignored);
   - `release()`: frees every session it made.
 A session exposes `inputs` (name -> InputSpec) and `output_names`, and
 `await run(feeds, output_names) -> dict[str, np.ndarray]`.

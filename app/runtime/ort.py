@@ -35,9 +35,11 @@ class OrtRuntime:
         tok = Tokenizer.from_str(json.dumps(tokenizer_json))
         return lambda text: tok.encode(text).ids
 
-    async def session(self, path):
+    async def session(self, path, free_dimensions=None):
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        for name, value in (free_dimensions or {}).items():
+            options.add_free_dimension_override_by_name(name, value)
         s = OrtSession(ort.InferenceSession(str(self.root / path), options, providers=self.providers))
         self._sessions.append(s)
         return s

@@ -127,12 +127,13 @@ class WebRuntime:
         tok = hf_tokenizers.Tokenizer.new(JSON.parse(json.dumps(tokenizer_json)), Object.new())
         return lambda text: tok.encode(text).ids.to_py()
 
-    async def session(self, path):
+    async def session(self, path, free_dimensions=None):
         folder = path.rpartition("/")[0]
         # Its external data: the other files beside it, but not other graphs (the q4f16 layout keeps all
         # four in onnx/) nor JSON; those are self-contained and go to ORT as they are.
         external = [p for p in self.files if p.rpartition("/")[0] == folder and not p.endswith((".onnx", ".json"))]
-        options = {"executionProviders": [self.execution_provider], "graphOptimizationLevel": "all"}
+        options = {"executionProviders": [self.execution_provider], "graphOptimizationLevel": "all",
+                   "freeDimensionOverrides": dict(free_dimensions or {})}
         if external:  # the graph's weights are beside it: rewrite it to read them chunk by chunk
             model, chunks = split_external_data((await self.files[path].arrayBuffer()).to_bytes(), self.chunk_bytes)
             prefix = folder + "/" if folder else ""

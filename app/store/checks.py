@@ -5,7 +5,7 @@ import time
 
 from .download import Partial
 from .hasher import Hasher
-from .layout import PARTIAL, match_import, model_folder, storage_text
+from .layout import PARTIAL, match_import, model_folder, storage_text, stored
 from .opfs import options, pieces, remove
 
 
@@ -32,7 +32,7 @@ async def damaged_files(folder, entry, sizes) -> list[str]:
     their sha256 (those are deleted)."""
     bad = []
     for f in entry["files"]:
-        if sizes.get(f["sha256"]) != f["size"]:
+        if not stored(f, sizes):
             bad.append(f["path"])
             continue
         file = await (await folder.getFileHandle(f["sha256"])).getFile()

@@ -33,6 +33,16 @@ def retryable(status: int) -> bool:
     return status in (408, 425, 429) or status >= 500
 
 
+class Mismatch(InstallError):
+    """A downloaded file's bytes do not match the sha256 they are checked against (they are deleted)."""
+
+    def __init__(self, f):
+        self.file = f
+        whose = "the sha256 huggingface.co gave for it" if f.get("sha256_from") == "host" else "the manifest's sha256"
+        super().__init__(f"{f['path']} arrived damaged (its bytes do not match {whose}), so they were deleted "
+                         "and nothing was installed. Try Install again.")
+
+
 class Rate:
     """Speed over the last few seconds, and the time left at that speed."""
 
@@ -130,8 +140,7 @@ async def download(folder, f, stall_s, on_bytes, on_retry):
         part.close()
     if digest != f["sha256"]:
         await remove(folder, partial_name)
-        raise InstallError(f"{f['path']} arrived damaged (its sha256 does not match the manifest), so its "
-                           "bytes were deleted and nothing was installed. Try Install again.")
+        raise Mismatch(f)
     await handle.move(f["sha256"])
 
 

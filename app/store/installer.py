@@ -15,10 +15,12 @@ import asyncio
 import time
 
 from .checks import damaged_files, import_file
-from .download import Rate, download
+from .download import Mismatch, Rate, download
 from .hasher import HashError
-from .layout import (PARTIAL, RECORD, WANTED, InstallError, bundle_state, file_sizes, leftovers, model_folder,
-                     models_folder, page_row, read_json, record_for, storage_problem, storage_text, write_json)
+from .hub import ask_host, fetch_json, unresolved, with_host_hashes
+from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, file_sizes, leftovers, model_folder,
+                     models_folder, page_row, partial_bytes, read_json, record_for, storage_problem, storage_text,
+                     stored, write_json)
 from .opfs import remove
 
 STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
@@ -29,7 +31,8 @@ class Installer:
     """Installs, verifies, imports and deletes model bundles; one task per model at a time."""
 
     def __init__(self, models: dict, post, rejected=()):
-        self.models = models  # id -> entry as it runs on this device (its variant picked)
+        self.models = models  # id -> entry as it runs on this device (its variant picked, host hashes filled in)
+        self.entries = dict(models)  # id -> the same as the manifest gives it
         self.post = post
         self.rejected = list(rejected)
         self.status = {}  # id -> {state, done, total, speed, eta_s, message, error}
@@ -40,10 +43,11 @@ class Installer:
     # -- state ---------------------------------------------------------------------------------
 
     async def refresh(self, model_id):
-        entry = self.models[model_id]
         folder = await model_folder(model_id, create=False)
         sizes = await file_sizes(folder) if folder else {}
         record = await read_json(folder, RECORD) if folder else None
+        hashes = await read_json(folder, HOST_HASHES) if folder else None
+        self.models[model_id] = entry = with_host_hashes(self.entries[model_id], hashes)
         state, done, detail = bundle_state(entry, sizes, record)
         old = self.status.get(model_id, {})
         keep = old.get("error") and state != "installed"
@@ -145,14 +149,17 @@ class Installer:
                 return
             folder = folder or await model_folder(model_id)
             await self._check_space(entry, sizes)
+            if unresolved(self.models[model_id]):
+                await self._ask_host(model_id, folder)
+                folder, sizes, _ = await self.refresh(model_id)
             await write_json(folder, WANTED, {"variant": entry.get("variant")})
             await remove(folder, RECORD)  # installed again only once every file is verified
             self.status[model_id].update(state="downloading")
             await self._download_missing(model_id, folder, sizes, stall_s)
-            await write_json(folder, RECORD, record_for(entry))
+            await write_json(folder, RECORD, record_for(self.models[model_id]))
             await remove(folder, WANTED)
             _, sizes, _ = await self.refresh(model_id)
-            for stale in leftovers(entry, sizes):  # not the bundle's files, so the state just read stands
+            for stale in leftovers(self.models[model_id], sizes):  # not the bundle's files, so the state just read stands
                 await remove(folder, stale)
             self.status[model_id]["message"] = f"{name} is installed and verified."
         except asyncio.CancelledError:
@@ -162,6 +169,8 @@ class Installer:
             await self.refresh(model_id)
             self.status[model_id]["message"] = "Download cancelled. Install resumes it; Delete frees the space."
         except (InstallError, HashError) as e:
+            if isinstance(e, Mismatch) and e.file.get("sha256_from") == "host":
+                await self._forget_host_hash(model_id, e.file["path"])  # the next Install asks again
             await self.refresh(model_id)
             self.fail(model_id, f"{name}: {e}")
         except Exception as e:
@@ -173,11 +182,24 @@ class Installer:
         finally:
             await self.report()
 
+    async def _ask_host(self, model_id, folder):
+        """Record the host's sha256 of the files that take it from there, before any of their bytes."""
+        self.status[model_id]["message"] = "Asking huggingface.co for the files' sha256…"
+        await self.report()
+        record = await read_json(folder, HOST_HASHES) or {}
+        record.update(await ask_host(unresolved(self.models[model_id]), fetch_json))
+        await write_json(folder, HOST_HASHES, record)
+
+    async def _forget_host_hash(self, model_id, path):
+        folder = await model_folder(model_id)
+        record = await read_json(folder, HOST_HASHES) or {}
+        record.pop(path, None)
+        await write_json(folder, HOST_HASHES, record)
+
     async def _check_space(self, entry, sizes):
         import js
 
-        needed = sum(f["size"] - min(sizes.get(f["sha256"] + PARTIAL, 0), f["size"])
-                     for f in entry["files"] if sizes.get(f["sha256"]) != f["size"])
+        needed = sum(f["size"] - partial_bytes(f, sizes) for f in entry["files"] if not stored(f, sizes))
         estimate = await js.navigator.storage.estimate()
         problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
         if problem:
@@ -186,9 +208,9 @@ class Installer:
     async def _download_missing(self, model_id, folder, sizes, stall_s):
         entry, status = self.models[model_id], self.status[model_id]
         rate = Rate()
-        done = sum(f["size"] for f in entry["files"] if sizes.get(f["sha256"]) == f["size"])
+        done = sum(f["size"] for f in entry["files"] if stored(f, sizes))
         for f in entry["files"]:
-            if sizes.get(f["sha256"]) == f["size"]:
+            if stored(f, sizes):
                 continue
 
             async def on_bytes(have, f=f):
@@ -211,6 +233,7 @@ class Installer:
         entry = self.models[model_id]
         try:
             folder, sizes, _ = await self.refresh(model_id)
+            entry = self.models[model_id]
             self.status[model_id].update(state="verifying", message="Checking every file…", error=False)
             await self.report()
             bad = await damaged_files(folder, entry, sizes)
@@ -250,9 +273,9 @@ class Installer:
         self.notice = ""
 
     async def _commit_if_complete(self, model_id):
-        entry = self.models[model_id]
         folder, sizes, _ = await self.refresh(model_id)
-        missing = [f["path"] for f in entry["files"] if sizes.get(f["sha256"]) != f["size"]]
+        entry = self.models[model_id]
+        missing = [f["path"] for f in entry["files"] if not stored(f, sizes)]
         if missing:
             self.status[model_id]["message"] = (f"Imported and verified; still missing: {', '.join(missing)}. "
                                                 "Import them too, or Install downloads the rest.")
@@ -265,8 +288,8 @@ class Installer:
 
     async def files_for_loading(self, model_id) -> dict:
         """path -> File of an installed model (sizes checked); raises InstallError otherwise."""
-        entry = self.models[model_id]
         folder, sizes, _ = await self.refresh(model_id)
+        entry = self.models[model_id]
         state = self.state(model_id)
         if state != "installed":
             await self.report()

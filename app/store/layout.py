@@ -4,7 +4,10 @@ OPFS layout, one folder per model:  models/<model id>/
   <sha256>            a file of the bundle, stored under its own digest, only once verified
   <sha256>.partial    a file being downloaded or imported; bytes [0, size) grow in order
   installing.json     present while an install is wanted (a reload resumes it)
-  installed.json      {variant, files: {path: sha256}}: written last, when every file is verified
+  host_hashes.json    {path: {url, size, sha256, commit}}: the sha256 the host gave for files whose
+                      manifest entry takes it from there (hub.py), recorded before their download
+  installed.json      {variant, files: {path: sha256}, sha256_from_host: [path]}: written last, when
+                      every file is verified
 A model counts as installed only when installed.json matches the manifest and every file it names
 is present at its size. Bytes are hashed as they are written; a mismatch deletes them and says so.
 Full re-hashing happens on demand ("verify"); loading checks presence and sizes only, because
@@ -19,6 +22,7 @@ from .opfs import not_found, options, storage_failure
 FOLDER = "models"
 RECORD = "installed.json"
 WANTED = "installing.json"
+HOST_HASHES = "host_hashes.json"
 PARTIAL = ".partial"
 
 
@@ -31,16 +35,26 @@ def gb(n: int) -> str:
 
 
 def record_for(entry: dict) -> dict:
-    return {"variant": entry.get("variant"), "files": {f["path"]: f["sha256"] for f in entry["files"]}}
+    return {"variant": entry.get("variant"), "files": {f["path"]: f["sha256"] for f in entry["files"]},
+            "sha256_from_host": [f["path"] for f in entry["files"] if f.get("sha256_from") == "host"]}
+
+
+def stored(f: dict, sizes: dict) -> bool:
+    """Whether file `f` is in the folder, complete (a file whose sha256 is not known yet is not)."""
+    return f["sha256"] is not None and sizes.get(f["sha256"]) == f["size"]
+
+
+def partial_bytes(f: dict, sizes: dict) -> int:
+    return min(sizes.get(f["sha256"] + PARTIAL, 0), f["size"]) if f["sha256"] else 0
 
 
 def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
     """(state, bytes present, detail) from the folder's file sizes (name -> size) and installed.json."""
     files = entry["files"]
     total = sum(f["size"] for f in files)
-    missing = [f for f in files if sizes.get(f["sha256"]) != f["size"]]
+    missing = [f for f in files if not stored(f, sizes)]
     done = total - sum(f["size"] for f in missing)
-    done += sum(min(sizes.get(f["sha256"] + PARTIAL, 0), f["size"]) for f in missing)
+    done += sum(partial_bytes(f, sizes) for f in missing)
     if record is not None and record.get("files") == record_for(entry)["files"]:
         if not missing:
             return "installed", total, ""
@@ -53,7 +67,8 @@ def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
 
 def leftovers(entry: dict, names) -> list[str]:
     """Files in a model's folder that no longer belong to it (an older version's, a stray partial)."""
-    keep = {RECORD, WANTED} | {f["sha256"] for f in entry["files"]} | {f["sha256"] + PARTIAL for f in entry["files"]}
+    names = [f["sha256"] for f in entry["files"] if f["sha256"]]
+    keep = {RECORD, WANTED, HOST_HASHES} | set(names) | {n + PARTIAL for n in names}
     return sorted(n for n in names if n not in keep)
 
 
@@ -71,7 +86,17 @@ def page_row(model_id: str, entry: dict, status: dict) -> dict:
             "speed_mbps": status.get("speed", 0) / 1e6, "eta_s": status.get("eta_s", -1),
             "message": status.get("message", ""), "error": bool(status.get("error")),
             "style": entry.get("style", ""), "license": entry.get("license", ""), "variant": entry.get("variant") or "",
-            "variant_reason": entry.get("variant_reason", "")}
+            "variant_reason": entry.get("variant_reason", ""), "needs": entry.get("needs", ""),
+            "hashes": hash_origin(entry["files"])}
+
+
+def hash_origin(files: list) -> str:
+    """Where the sha256s the files are checked against come from."""
+    host = sum(f.get("sha256_from") == "host" for f in files)
+    if not host:
+        return "sha256 pinned for every file"
+    rest = f", pinned for the other {len(files) - host}" if host < len(files) else ""
+    return f"sha256 from the host (huggingface.co) for {host} file{'s' if host > 1 else ''}{rest}"
 
 
 def match_import(size: int, digest: str, models: dict) -> list[tuple[str, dict]]:

@@ -20,6 +20,8 @@ PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
 
 _ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# A Hugging Face Hub file: the only host whose API gives a file's sha256 (see hub.py).
+HUB_FILE = re.compile(r"https://huggingface\.co/([A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/resolve/([^/]+)/(.+)")
 _REFRESH = "run models_manifest/refresh.py to fill it in"
 
 
@@ -76,15 +78,23 @@ def _file_problems(f) -> list[tuple[str, str]]:
         out.append((label, f"the size is not known yet; {_REFRESH}."))
     elif not _is_int(size) or size < 0:
         out.append((label, "the size must be a whole number of bytes, 0 or more."))
-    if sha is None:
-        out.append((label, f"the sha256 is not known yet; {_REFRESH}."))
-    elif not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+    from_host = f.get("sha256_from") == "host"
+    if "sha256_from" in f and not from_host:
+        out.append((label, '"sha256_from" can only be "host".'))
+    if from_host and sha is not None:
+        out.append((label, 'a pinned sha256 and "sha256_from": "host" exclude each other.'))
+    if from_host and not HUB_FILE.fullmatch(f.get("url") or ""):
+        out.append((label, 'only Hugging Face Hub files (https://huggingface.co/<owner>/<repo>/resolve/<revision>/<path>) '
+                           'can take their sha256 from the host.'))
+    if sha is None and not from_host:
+        out.append((label, f"the sha256 is not known yet; {_REFRESH} (or take it from the host)."))
+    elif sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
         out.append((label, "the sha256 must be 64 lowercase hex digits."))
     return out
 
 
 def _layout_problems(v) -> list[str]:
-    """Problems with a variant's optional "parts" and "conditioning_outputs"."""
+    """Problems with a variant's optional "parts", "conditioning_outputs" and "free_dimensions"."""
     out = []
     paths = {f.get("path") for f in v.get("files") or [] if isinstance(f, dict)}
     parts = v.get("parts", {})
@@ -99,6 +109,9 @@ def _layout_problems(v) -> list[str]:
                                               isinstance(o, str) and re.fullmatch(r"hidden_states\.\d+", o)
                                               for k, o in outputs.items())):
         out.append('"conditioning_outputs" must map text encoders to outputs named "hidden_states.N".')
+    dims = v.get("free_dimensions", {})
+    if not (isinstance(dims, dict) and all(isinstance(k, str) and k and _is_int(n) and n > 0 for k, n in dims.items())):
+        out.append('"free_dimensions" must map dimension names to positive whole numbers.')
     return out
 
 

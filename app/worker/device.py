@@ -100,7 +100,20 @@ def pick_variant(entry: dict, caps: dict) -> dict:
     if chosen is not merged[0]:
         chosen = dict(chosen, variant_reason=f"{merged[0]['variant']} needs {missing(merged[0], caps)}, which this "
                                              f"device lacks, so the {chosen['variant']} variant is used here.")
-    return chosen
+    return dict(chosen, needs=needs_text(chosen))
+
+
+def needs_text(entry: dict) -> str:
+    """What a variant asks of the device, in a few words for the Models panel."""
+    needs = entry.get("requires", {})
+    if not needs.get("webgpu", True):
+        return "Runs on any device (WebGPU or the CPU)"
+    parts = ["WebGPU" + (" with 16-bit shaders (shader-f16)" if needs.get("shader_f16") else "")]
+    if needs.get("max_buffer_bytes"):
+        parts.append(f"GPU buffers of {needs['max_buffer_bytes'] / 2**20:.0f} MiB")
+    if entry.get("gpu_memory_bytes"):
+        parts.append(f"about {entry['gpu_memory_bytes'] / 1e9:.0f} GB of GPU memory")
+    return "Needs " + ", ".join(parts)
 
 
 def missing(entry: dict, caps: dict) -> str:

@@ -66,6 +66,16 @@ class Generator:
     def refiner_for(self, model_id):
         return next((m for m, e in self.models.items() if model_id in e.get("refines", [])), None)
 
+    def refine_note(self, model_id) -> str:
+        """Why Refine cannot run on this model's pictures, for the Refine control ("" when it can)."""
+        refiner = self.refiner_for(model_id)
+        if refiner is None:
+            return (f"No refiner is offered for {self.models[model_id]['name']}: no SDXL refiner small enough "
+                    "for a browser exists yet.")
+        if self.installer.state(refiner) != "installed":
+            return f"Refine needs {self.models[refiner]['name']}: install it in the Models panel."
+        return ""
+
     def report_failure(self, job_id, error, params):
         if isinstance(error, (DeviceLost, GpuOutOfMemory)):
             kind = "device-lost" if isinstance(error, DeviceLost) else "oom"
@@ -111,7 +121,7 @@ class Generator:
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           app_version=__version__)
         await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw,
-                           refinable=self.refiner_for(request.model) is not None)
+                           self.refine_note(request.model))
 
     async def refine(self, job_id, raw, resume, base_latents):
         """The refiner's img2img pass over a base result's final latents (sent back by the page)."""
@@ -135,15 +145,16 @@ class Generator:
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           refiner=refiner_id, refiner_sha256=bundle_sha256(entry), refiner_strength=strength,
                           refiner_steps=steps, app_version=__version__)
-        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw, refinable=False)
+        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw,
+                           "This picture is already refined.")
 
-    async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw, refinable):
+    async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw, refine_note):
         """The finished image: pixels first as an ImageBitmap, then the PNG (slow to encode when large)."""
         rgb = to_uint8(image)
         bitmap = await image_bitmap(rgb)
         timing = {"total_ms": (time.perf_counter() - started) * 1000, "preview_ms": preview_ms}
         post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"], "timing": timing,
-              "refinable": refinable}, transfer=[bitmap])
+              "refine_note": refine_note}, transfer=[bitmap])
         png = encode_png(rgb, parameters)
         buffer = bytes_buffer(png)
         # The seed also goes as text: the page's MicroPython reads JS numbers as 32-bit signed integers.

@@ -10,7 +10,8 @@ Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "progress", id, stage, step, steps, fraction}
                  {type: "checkpoint", id, step, latents (Float32Array, transferred)}
                  {type: "preview", id, step, kind: "approx" | "vae", bitmap (ImageBitmap, transferred)}
-                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}, refinable}
+                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms},
+                  refine_note ("" when Refine can run on it)}
                  {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
                  {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
                  {type: "cancelled", id}
