@@ -36,11 +36,11 @@ def q4f16_entry():
     return dict(entry, id=MODEL, name="Tiny SDXL-Turbo q4f16 (test model)", bench=False, variants=[variant])
 
 
-def offering(context, entry):
-    """The context's pages get the site's model list with `entry` added (service workers blocked)."""
+def offering(context, *entries):
+    """The context's pages get the site's model list with `entries` added (service workers blocked)."""
     def manifest(route):
         body = json.loads(route.fetch().text())
-        route.fulfill(json=dict(body, models=body["models"] + [entry]))
+        route.fulfill(json=dict(body, models=body["models"] + list(entries)))
 
     context.route("**/models_manifest.json", manifest)
     return context
@@ -72,20 +72,27 @@ def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type
     assert diff.max() <= math.ceil(FP16_FIDELITY * 255)
 
 
-def test_models_panel_says_which_variant_this_device_gets_and_why(browser, server):
-    """A model with a q4f16 variant first and fp32 second, on SwiftShader (no shader-f16): the row names
-    fp32 and the reason; the test model says it draws test patterns; both show their licence."""
-    entry = q4f16_entry()
-    fp32 = json.loads((ROOT / "models_manifest" / "tiny-sdxl-turbo.json").read_text())["variants"][0]
-    entry = dict(entry, id="two-variants", name="Two variants", variants=[
-        dict(entry["variants"][0], requires={"webgpu": True, "shader_f16": True}), fp32])
-    context = offering(browser.new_context(service_workers="block"), entry)
+def test_a_first_visit_offers_sdxl_turbo_in_the_variant_this_device_gets_and_remembers_the_choice(browser, server):
+    """On SwiftShader (WebGPU, no shader-f16) a fresh visit starts on SDXL-Turbo, whose row names the fp32
+    variant, its download size, why not q4f16, what it needs, its licence and where its hashes come from;
+    the test model says it draws test patterns. A model chosen once is the one the next visit starts on."""
+    context = browser.new_context(service_workers="block")
     page = context.new_page()
     page.goto(server)
-    details = page.locator("#model-two-variants-details")
-    expect(details).to_contain_text("fp32 variant", timeout=BOOT_TIMEOUT_MS)
-    expect(details).to_contain_text("q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks")
+    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    model = page.get_by_label("Model", exact=True)
+    expect(model).to_have_value("sdxl-turbo")
+    details = page.locator("#model-sdxl-turbo-details")
+    for words in ("fp32 variant, 13.75 GB download",
+                  "q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks",
+                  "Needs WebGPU, GPU buffers of 256 MiB, about 16 GB of GPU memory",
+                  "License: Stability AI Community License", "sha256 pinned for every file"):
+        expect(details).to_contain_text(words)
     tiny = page.locator("#model-tiny-sdxl-turbo-details")
     expect(tiny).to_contain_text("test pattern")
     expect(tiny).to_contain_text("License: CC0-1.0")
+    model.select_option("tiny-sdxl-turbo")
+    page.reload()
+    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    expect(model).to_have_value("tiny-sdxl-turbo")
     context.close()
