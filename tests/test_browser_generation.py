@@ -137,12 +137,21 @@ def test_markup_in_a_prompt_stays_text_in_queue_and_result(app):
 
 def test_refine_runs_the_refiner_on_the_base_latents_never_holding_both_models(app, cpu_pipeline):
     refiner = app.locator("#model-tiny-sdxl-refiner")
-    if refiner.get_attribute("data-state") != "installed":  # the refiner is installed like any model
-        refiner.get_by_role("button").first.click()
-        expect(refiner).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+    note = app.locator("#refine-note")
+    if refiner.get_attribute("data-state") != "not-installed":
+        app.once("dialog", lambda dialog: dialog.accept())
+        refiner.get_by_role("button", name="Delete model").click()
+        expect(refiner).to_have_attribute("data-state", "not-installed", timeout=RUN_TIMEOUT_MS)
     fill(app, seed="90", steps="2")
     set_options(app)
     press_and_wait(app)
+    # Without the refiner, the Refine control says what it needs.
+    expect(note).to_have_text("Refine needs Tiny SDXL refiner (test model): install it in the Models panel.")
+    expect(app.get_by_role("button", name="Refine")).to_be_disabled()
+    refiner.get_by_role("button", name="Install", exact=True).click()  # the refiner is installed like any model
+    expect(refiner).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+    press_and_wait(app)
+    expect(note).to_have_text("")
     record(app, "status")
     press_and_wait(app, "Refine")
     assert any(t.startswith("Refining: step") for t in recorded(app, "status"))
@@ -178,3 +187,4 @@ def test_refine_runs_the_refiner_on_the_base_latents_never_holding_both_models(a
             held.discard(model)
     assert log[-2:] == ["release tiny-sdxl-turbo", "load tiny-sdxl-refiner"], log
     expect(app.get_by_role("button", name="Refine")).to_be_disabled()
+    expect(note).to_have_text("This picture is already refined.")
