@@ -1,6 +1,7 @@
 """The tree shows the architecture, and these rules keep it so (checked from the imports themselves):
 - app/pipeline imports numpy and itself; of the runtimes only the interface (it is handed a runtime);
-- app/runtime imports itself and the runtime libraries: the only code that touches onnxruntime;
+- app/onnx (the ONNX file format) imports itself and numpy; the runtimes and the store use it;
+- app/runtime imports itself, app/onnx and the runtime libraries: the only code that touches onnxruntime;
 - app/store never imports the pipeline, a runtime or the worker;
 - app/worker wires the other three together; nothing below it imports it (no module imports upward);
 - the page (static/*.py) talks to the worker only: it imports no ORT, only PyScript, JSON and its own modules.
@@ -18,8 +19,9 @@ STDLIB = set(sys.stdlib_module_names)
 # room -> (app modules it may import, outside packages it may import besides the standard library)
 ROOMS = {
     "app.pipeline": ({"app.pipeline", "app.runtime.interface"}, {"numpy"}),
-    "app.runtime": ({"app.runtime"}, {"numpy", "onnxruntime", "tokenizers", "js", "pyodide", "ort", "hf_tokenizers"}),
-    "app.store": ({"app.store"}, {"numpy", "PIL", "js", "pyodide"}),
+    "app.onnx": ({"app.onnx"}, {"numpy"}),
+    "app.runtime": ({"app.runtime", "app.onnx"}, {"numpy", "onnxruntime", "tokenizers", "js", "pyodide", "ort", "hf_tokenizers"}),
+    "app.store": ({"app.store", "app.onnx"}, {"numpy", "PIL", "js", "pyodide"}),
     "app.worker": ({"app", "app.pipeline", "app.runtime", "app.store", "app.worker"}, {"numpy", "js", "pyodide"}),
 }
 PAGE_MODULES = {p.stem for p in (ROOT / "static").glob("*.py")}

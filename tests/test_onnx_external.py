@@ -2,7 +2,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.runtime.onnx_external import Chunk, _external_tensors, external_locations, split_external_data
+from app.onnx.external import Chunk, _external_tensors, external_locations, split_external_data
 from conftest import BUNDLE
 
 UNET = BUNDLE / "unet" / "model.onnx"

@@ -2,7 +2,7 @@
 
 Weights go from OPFS straight into ORT as Blobs; they never enter Pyodide's heap. A model whose
 weights sit in an external-data file is handed to ORT in chunks (File.slice), because one such
-file (the SDXL UNet's 10.3 GB) is larger than a browser ArrayBuffer: see app/onnx_external.py.
+file (the SDXL UNet's 10.3 GB) is larger than a browser ArrayBuffer: see app/onnx/external.py.
 `ort` and `hf_tokenizers` are JS modules registered by the worker.
 """
 
@@ -15,7 +15,7 @@ import ort
 from js import JSON, BigInt64Array, Float32Array, Function, Int32Array, Object, Uint8Array, Uint16Array
 from pyodide.ffi import create_once_callable, create_proxy, to_js
 
-from .onnx_external import split_external_data
+from ..onnx.external import split_external_data
 from .interface import input_spec
 
 DEFAULT_CHUNK_BYTES = 2**30  # each external-data chunk must fit one ArrayBuffer

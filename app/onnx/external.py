@@ -11,15 +11,9 @@ initializers that point at external data are re-encoded, every other byte is cop
 
 from dataclasses import dataclass
 
-# Field numbers from onnx.proto.
-MODEL_GRAPH = 7
-GRAPH_INITIALIZER = 5
-TENSOR_EXTERNAL_DATA = 13
-TENSOR_DATA_LOCATION = 14
-ENTRY_KEY, ENTRY_VALUE = 1, 2
-EXTERNAL = 1
-
-VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
+from .wire import (ENTRY_KEY, ENTRY_VALUE, EXTERNAL, GRAPH_INITIALIZER, LENGTH_DELIMITED, MODEL_GRAPH,
+                   TENSOR_DATA_LOCATION, TENSOR_EXTERNAL_DATA, VARINT, fields, message_field, messages, read_varint,
+                   spliced)
 
 
 @dataclass(frozen=True)
@@ -79,57 +73,9 @@ def split_external_data(model: bytes, chunk_bytes: int) -> tuple[bytes, list[Chu
 
 # Reading
 
-def _read_varint(buf, pos: int) -> tuple[int, int]:
-    try:
-        byte = buf[pos]
-        if byte < 0x80:  # most keys and lengths: worth the shortcut in Pyodide
-            return byte, pos + 1
-        result = shift = 0
-        while byte >= 0x80:
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            pos += 1
-            byte = buf[pos]
-        return result | byte << shift, pos + 1
-    except IndexError:
-        raise ValueError("truncated varint in model") from None
-
-
-def _fields(buf, pos: int, end: int):
-    """Yield (number, wire type, field start, value start, field end) for each field in buf[pos:end].
-
-    The value of a length-delimited field is its payload; of the others, its raw bytes."""
-    while pos < end:
-        start = pos
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == VARINT:
-            _, stop = _read_varint(buf, pos)
-        elif wire == FIXED64:
-            stop = pos + 8
-        elif wire == LENGTH_DELIMITED:
-            size, pos = _read_varint(buf, pos)
-            stop = pos + size
-        elif wire == FIXED32:
-            stop = pos + 4
-        else:  # groups are not used by onnx.proto
-            raise ValueError(f"unsupported protobuf wire type {wire} in model")
-        if stop > end:
-            raise ValueError("truncated field in model")
-        yield number, wire, start, pos, stop
-        pos = stop
-
-
-def _messages(buf, pos: int, end: int, number: int):
-    """(field start, payload start, field end) of each length-delimited field `number`."""
-    for n, wire, start, value, stop in _fields(buf, pos, end):
-        if n == number and wire == LENGTH_DELIMITED:
-            yield start, value, stop
-
-
 def _entry(buf, pos: int, end: int) -> tuple[str, str]:
     key = value = ""
-    for n, wire, _, start, stop in _fields(buf, pos, end):
+    for n, wire, _, start, stop in fields(buf, pos, end):
         if wire == LENGTH_DELIMITED and n == ENTRY_KEY:
             key = str(buf[start:stop], "utf-8")
         elif wire == LENGTH_DELIMITED and n == ENTRY_VALUE:
@@ -139,17 +85,17 @@ def _entry(buf, pos: int, end: int) -> tuple[str, str]:
 
 def _external_tensors(model) -> list[_Tensor]:
     tensors = []
-    for graph in _messages(model, 0, len(model), MODEL_GRAPH):
-        for field in _messages(model, graph[1], graph[2], GRAPH_INITIALIZER):
+    for graph in messages(model, 0, len(model), MODEL_GRAPH):
+        for field in messages(model, graph[1], graph[2], GRAPH_INITIALIZER):
             values, spans, data_location = {}, [], 0
-            for n, wire, start, value, stop in _fields(model, field[1], field[2]):
+            for n, wire, start, value, stop in fields(model, field[1], field[2]):
                 if n == TENSOR_EXTERNAL_DATA and wire == LENGTH_DELIMITED:
                     key, entry_value = _entry(model, value, stop)
                     values[key] = entry_value
                     if key in ("location", "offset"):
                         spans.append((start, stop, key))
                 elif n == TENSOR_DATA_LOCATION and wire == VARINT:
-                    data_location = _read_varint(model, value)[0]
+                    data_location = read_varint(model, value)[0]
             if data_location != EXTERNAL:
                 continue
             location = values.get("location", "")
@@ -169,44 +115,21 @@ def _check_location(location: str) -> None:
 
 # Writing
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _message_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | LENGTH_DELIMITED) + _varint(len(payload)) + payload
-
-
-def _spliced(buf, pos: int, end: int, replacements) -> bytes:
-    """buf[pos:end] with each (start, stop, new bytes) range replaced; ranges in order."""
-    out = []
-    for start, stop, new in replacements:
-        out += (buf[pos:start], new)
-        pos = stop
-    out.append(buf[pos:end])
-    return b"".join(out)
-
-
 def _rewrite_model(model, placed: list[tuple[_Tensor, str, int]]) -> bytes:
     """The model with each placed tensor's location and offset replaced."""
     by_graph = {}
     for tensor, location, offset in placed:
         by_graph.setdefault(tensor.graph, []).append(_rewrite_tensor(model, tensor, location, offset))
-    graphs = [(start, end, _message_field(MODEL_GRAPH, _spliced(model, payload, end, sorted(tensors))))
+    graphs = [(start, end, message_field(MODEL_GRAPH, spliced(model, payload, end, sorted(tensors))))
               for (start, payload, end), tensors in sorted(by_graph.items())]
-    return _spliced(model, 0, len(model), graphs)
+    return spliced(model, 0, len(model), graphs)
 
 
 def _rewrite_tensor(model, tensor: _Tensor, location: str, offset: int) -> tuple[int, int, bytes]:
     new_values = {"location": location, "offset": str(offset)}
-    entries = [(start, stop, _message_field(TENSOR_EXTERNAL_DATA, _message_field(ENTRY_KEY, key.encode())
-                                            + _message_field(ENTRY_VALUE, new_values[key].encode())))
+    entries = [(start, stop, message_field(TENSOR_EXTERNAL_DATA, message_field(ENTRY_KEY, key.encode())
+                                            + message_field(ENTRY_VALUE, new_values[key].encode())))
                for start, stop, key in tensor.entries]
     # A tensor without an "offset" entry sits at 0, so it opens a chunk that starts at 0: still 0.
     at, pos, end = tensor.field
-    return at, end, _message_field(GRAPH_INITIALIZER, _spliced(model, pos, end, entries))
+    return at, end, message_field(GRAPH_INITIALIZER, spliced(model, pos, end, entries))
