@@ -9,7 +9,7 @@ state = {"send": None, "persist_asked": False}
 rows = {}  # model id -> {"row", "status", "bar", "message", "install", "cancel", "delete", "verify"}
 
 STATE_TEXT = {"not-installed": "Not installed", "installed": "Installed", "partial": "Paused", "damaged": "Damaged",
-              "verifying": "Verifying…", "importing": "Importing…"}
+              "verifying": "Verifying…", "importing": "Importing…", "converting": "Converting…"}
 INSTALL_LABEL = {"partial": "Resume", "damaged": "Repair"}
 
 
@@ -67,6 +67,8 @@ def add_row(m):
     # the kind of pictures (test models say they draw test patterns), what it needs, the licence, and
     # where the hashes its files are checked against come from.
     variant = f"{m.variant} variant, {size_text(m.total_mb)} download" if m.variant else ""
+    if m.convert_mb:
+        variant += f", converted here for 32-bit math (up to {size_text(m.convert_mb)} more on disk)"
     facts = (variant, m.variant_reason, m.style, m.needs, f"License: {m.license}" if m.license else "", m.hashes)
     make("p", row, " · ".join(x for x in facts if x), class_="model-details", id=f"model-{m.id}-details")
     r["message"] = make("p", row, "", class_="model-message", id=f"model-{m.id}-message")
@@ -94,10 +96,10 @@ def show_row(m):
         r["message"].setAttribute("role", "alert")
     else:
         r["message"].removeAttribute("role")
-    busy = s in ("downloading", "verifying", "importing")
+    busy = s in ("downloading", "converting", "verifying", "importing")
     r["install"].textContent = INSTALL_LABEL.get(s, "Install")
     r["install"].disabled = busy or s == "installed"
-    r["cancel"].disabled = s != "downloading"
+    r["cancel"].disabled = s not in ("downloading", "converting")
     r["delete"].disabled = s == "not-installed"
     r["verify"].disabled = busy or s not in ("installed", "damaged")
 

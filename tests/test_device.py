@@ -87,10 +87,24 @@ def test_a_single_variant_keeps_the_model_name():
 
 def test_the_models_panel_says_what_the_real_variants_need():
     entry = json.loads((ROOT / "models_manifest" / "sdxl-turbo.json").read_text())
-    q4f16, fp32 = (pick_variant(dict(entry, variants=[v]), GPU)["needs"] for v in entry["variants"])
+    q4f16, q4, fp32 = (pick_variant(dict(entry, variants=[v]), GPU)["needs"] for v in entry["variants"])
     assert q4f16 == ("Needs WebGPU with 16-bit shaders (shader-f16), GPU buffers of 128 MiB, "
                      "about 4 GB of GPU memory")
+    assert q4 == "Needs WebGPU, GPU buffers of 256 MiB, about 8 GB of GPU memory"
     assert fp32 == "Needs WebGPU, GPU buffers of 256 MiB, about 16 GB of GPU memory"
+
+
+def test_sdxl_turbo_prefers_q4f16_then_q4_then_fp32():
+    entry = json.loads((ROOT / "models_manifest" / "sdxl-turbo.json").read_text())
+    assert pick_variant(entry, dict(GPU, shader_f16=True))["variant"] == "q4f16"
+    without_f16 = pick_variant(entry, GPU)
+    assert without_f16["variant"] == "q4" and without_f16["convert"]["to"] == "fp32-activations"
+    assert without_f16["variant_reason"] == ("q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks, "
+                                             "so the q4 variant is used here.")
+    small_buffers = dict(GPU, max_buffer_size=200 * 2**20)
+    assert pick_variant(entry, small_buffers)["variant"] == "q4f16"  # none fits: the first, with why not
+    assert "needs GPU buffers of 256 MiB" in unsuitable(pick_variant(dict(entry, variants=entry["variants"][1:]),
+                                                                     small_buffers), small_buffers)
 
 
 def test_the_variant_a_device_gets_says_why_when_it_is_not_the_first():

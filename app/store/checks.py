@@ -27,11 +27,11 @@ async def copy(source, folder, name):
     await writable.close()
 
 
-async def damaged_files(folder, entry, sizes) -> list[str]:
-    """Paths of the bundle's files that are missing, the wrong size, or whose bytes no longer match
-    their sha256 (those are deleted)."""
+async def damaged_files(folder, files, sizes) -> list[str]:
+    """Paths of the bundle's files (downloaded and converted) that are missing, the wrong size, or whose
+    bytes no longer match their sha256 (those are deleted)."""
     bad = []
-    for f in entry["files"]:
+    for f in files:
         if not stored(f, sizes):
             bad.append(f["path"])
             continue

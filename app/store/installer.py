@@ -8,19 +8,21 @@ Page -> worker:  {type: "install", model, stall_s?}  {type: "install-cancel", mo
 Worker -> page:  {type: "models", models: [{id, name, state, done_mb, total_mb, speed_mbps, eta_s, message, error}],
                   storage: {usage_mb, quota_mb, persisted}, rejected: [messages], notice}
 Sizes cross in MB (floats): the page's MicroPython reads JS integers above 2**31 as negative.
-state is "not-installed" | "downloading" | "partial" | "installed" | "damaged" | "verifying" | "importing".
+state is "not-installed" | "downloading" | "converting" | "partial" | "installed" | "damaged" | "verifying" |
+"importing".
 """
 
 import asyncio
 import time
 
 from .checks import damaged_files, import_file
+from .convert import convert_bundle
 from .download import Mismatch, Rate, download
 from .hasher import HashError
 from .hub import ask_host, fetch_json, unresolved, with_host_hashes
-from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, file_sizes, leftovers, model_folder,
-                     models_folder, page_row, partial_bytes, read_json, record_for, storage_problem, storage_text,
-                     stored, write_json)
+from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, converted_files,
+                     file_sizes, leftovers, model_folder, models_folder, page_row, partial_bytes, read_json, record_for,
+                     storage_problem, storage_text, stored, write_json)
 from .opfs import remove
 
 STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
@@ -156,10 +158,13 @@ class Installer:
             await remove(folder, RECORD)  # installed again only once every file is verified
             self.status[model_id].update(state="downloading")
             await self._download_missing(model_id, folder, sizes, stall_s)
-            await write_json(folder, RECORD, record_for(self.models[model_id]))
+            record = record_for(self.models[model_id])
+            if entry.get("convert"):
+                record["converted"] = await self._convert(model_id, folder)
+            await write_json(folder, RECORD, record)
             await remove(folder, WANTED)
-            _, sizes, _ = await self.refresh(model_id)
-            for stale in leftovers(self.models[model_id], sizes):  # not the bundle's files, so the state just read stands
+            _, sizes, record = await self.refresh(model_id)
+            for stale in leftovers(self.models[model_id], sizes, record):  # not the bundle's: the state stands
                 await remove(folder, stale)
             self.status[model_id]["message"] = f"{name} is installed and verified."
         except asyncio.CancelledError:
@@ -190,6 +195,16 @@ class Installer:
         record.update(await ask_host(unresolved(self.models[model_id]), fetch_json))
         await write_json(folder, HOST_HASHES, record)
 
+    async def _convert(self, model_id, folder):
+        status = self.status[model_id]
+
+        async def on_part(part):
+            status.update(state="converting", message=f"Converting {part} for this GPU (32-bit math)…", speed=0,
+                          eta_s=-1)
+            await self.report()
+
+        return await convert_bundle(folder, self.models[model_id], on_part)
+
     async def _forget_host_hash(self, model_id, path):
         folder = await model_folder(model_id)
         record = await read_json(folder, HOST_HASHES) or {}
@@ -200,6 +215,7 @@ class Installer:
         import js
 
         needed = sum(f["size"] - partial_bytes(f, sizes) for f in entry["files"] if not stored(f, sizes))
+        needed += convert_reserve(entry)  # the converted files, if the variant converts
         estimate = await js.navigator.storage.estimate()
         problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
         if problem:
@@ -232,11 +248,11 @@ class Installer:
     async def _verify(self, model_id):
         entry = self.models[model_id]
         try:
-            folder, sizes, _ = await self.refresh(model_id)
+            folder, sizes, record = await self.refresh(model_id)
             entry = self.models[model_id]
             self.status[model_id].update(state="verifying", message="Checking every file…", error=False)
             await self.report()
-            bad = await damaged_files(folder, entry, sizes)
+            bad = await damaged_files(folder, entry["files"] + converted_files(record), sizes)
             await self.refresh(model_id)
             if bad:
                 self.fail(model_id, f"{entry['name']} is damaged: {', '.join(bad)} did not match "
@@ -288,12 +304,13 @@ class Installer:
 
     async def files_for_loading(self, model_id) -> dict:
         """path -> File of an installed model (sizes checked); raises InstallError otherwise."""
-        folder, sizes, _ = await self.refresh(model_id)
+        folder, sizes, record = await self.refresh(model_id)
         entry = self.models[model_id]
         state = self.state(model_id)
         if state != "installed":
             await self.report()
             hint = self.status[model_id]["message"] or "Install it in the Models panel first."
             raise InstallError(f"{entry['name']} is not installed. {hint}" if state != "damaged" else hint)
-        return {f["path"]: await (await folder.getFileHandle(f["sha256"])).getFile() for f in entry["files"]}
+        return {f["path"]: await (await folder.getFileHandle(f["sha256"])).getFile()
+                for f in entry["files"] + converted_files(record)}
 

@@ -6,8 +6,9 @@ OPFS layout, one folder per model:  models/<model id>/
   installing.json     present while an install is wanted (a reload resumes it)
   host_hashes.json    {path: {url, size, sha256, commit}}: the sha256 the host gave for files whose
                       manifest entry takes it from there (hub.py), recorded before their download
-  installed.json      {variant, files: {path: sha256}, sha256_from_host: [path]}: written last, when
-                      every file is verified
+  installed.json      {variant, files: {path: sha256}, sha256_from_host: [path], converted: {path:
+                      [sha256, size]}}: written last, when every file is verified (and, for a variant
+                      with "convert", converted: convert.py)
 A model counts as installed only when installed.json matches the manifest and every file it names
 is present at its size. Bytes are hashed as they are written; a mismatch deletes them and says so.
 Full re-hashing happens on demand ("verify"); loading checks presence and sizes only, because
@@ -39,6 +40,11 @@ def record_for(entry: dict) -> dict:
             "sha256_from_host": [f["path"] for f in entry["files"] if f.get("sha256_from") == "host"]}
 
 
+def converted_files(record) -> list[dict]:
+    """The files an install made from its download (convert.py), as recorded in installed.json."""
+    return [{"path": p, "sha256": sha, "size": size} for p, (sha, size) in ((record or {}).get("converted") or {}).items()]
+
+
 def stored(f: dict, sizes: dict) -> bool:
     """Whether file `f` is in the folder, complete (a file whose sha256 is not known yet is not)."""
     return f["sha256"] is not None and sizes.get(f["sha256"]) == f["size"]
@@ -56,19 +62,22 @@ def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
     done = total - sum(f["size"] for f in missing)
     done += sum(partial_bytes(f, sizes) for f in missing)
     if record is not None and record.get("files") == record_for(entry)["files"]:
+        missing += [f for f in converted_files(record) if not stored(f, sizes)]
         if not missing:
             return "installed", total, ""
         names = ", ".join(f["path"] for f in missing)
         return "damaged", done, f"Damaged: {names} {'is' if len(missing) == 1 else 'are'} missing or corrupt. Install repairs it."
+    if done == total and entry.get("convert"):
+        return "partial", done, "Downloaded, not yet converted for this GPU. Install converts it."
     if done:
         return "partial", done, f"Paused at {100 * done / total:.0f}%. Install resumes it."
     return "not-installed", 0, ""
 
 
-def leftovers(entry: dict, names) -> list[str]:
+def leftovers(entry: dict, names, record=None) -> list[str]:
     """Files in a model's folder that no longer belong to it (an older version's, a stray partial)."""
-    names = [f["sha256"] for f in entry["files"] if f["sha256"]]
-    keep = {RECORD, WANTED, HOST_HASHES} | set(names) | {n + PARTIAL for n in names}
+    own = [f["sha256"] for f in entry["files"] + converted_files(record) if f["sha256"]]
+    keep = {RECORD, WANTED, HOST_HASHES} | set(own) | {n + PARTIAL for n in own}
     return sorted(n for n in names if n not in keep)
 
 
@@ -87,7 +96,13 @@ def page_row(model_id: str, entry: dict, status: dict) -> dict:
             "message": status.get("message", ""), "error": bool(status.get("error")),
             "style": entry.get("style", ""), "license": entry.get("license", ""), "variant": entry.get("variant") or "",
             "variant_reason": entry.get("variant_reason", ""), "needs": entry.get("needs", ""),
-            "hashes": hash_origin(entry["files"])}
+            "hashes": hash_origin(entry["files"]), "convert_mb": convert_reserve(entry) / 1e6}
+
+
+def convert_reserve(entry: dict) -> int:
+    """At most what a variant's converted files take (convert.py): every float16 byte doubles."""
+    sources = set(entry.get("convert", {}).get("from", {}).values())
+    return 2 * sum(f["size"] for f in entry["files"] if f["path"] in sources)
 
 
 def hash_origin(files: list) -> str:

@@ -11,7 +11,7 @@ import re
 
 SCHEMA = 1
 PIPELINES = ("sdxl-turbo", "sdxl-refiner")
-PRECISIONS = ("fp32", "fp16", "q4f16")
+PRECISIONS = ("fp32", "fp16", "q4f16", "q4")
 REQUIRED_FIELDS = ("id", "name", "style", "description", "license", "pipeline", "defaults", "resolutions",
                    "vae_scaling_factor", "vae_scale_factor", "variants")
 VARIANT_REQUIRED_FIELDS = ("id", "precision", "requires", "gpu_memory_bytes", "disk_bytes", "files")
@@ -94,7 +94,7 @@ def _file_problems(f) -> list[tuple[str, str]]:
 
 
 def _layout_problems(v) -> list[str]:
-    """Problems with a variant's optional "parts", "conditioning_outputs" and "free_dimensions"."""
+    """Problems with a variant's optional "parts", "conditioning_outputs", "convert" and "free_dimensions"."""
     out = []
     paths = {f.get("path") for f in v.get("files") or [] if isinstance(f, dict)}
     parts = v.get("parts", {})
@@ -109,6 +109,17 @@ def _layout_problems(v) -> list[str]:
                                               isinstance(o, str) and re.fullmatch(r"hidden_states\.\d+", o)
                                               for k, o in outputs.items())):
         out.append('"conditioning_outputs" must map text encoders to outputs named "hidden_states.N".')
+    convert = v.get("convert")
+    if convert is not None:
+        sources = convert.get("from") if isinstance(convert, dict) else None
+        if not (isinstance(convert, dict) and convert.get("to") == "fp32-activations" and isinstance(sources, dict)
+                and sources and all(k in PARTS and p in paths for k, p in sources.items())):
+            out.append('"convert" must be {"from": {part: one of the files}, "to": "fp32-activations"}.')
+        elif "parts" in v:
+            out.append('a converted variant loads its parts from where the conversion puts them: no "parts".')
+        else:
+            out += [f'"convert" would write {p!r}, which is one of the downloaded files.'
+                    for k in sources for p in (f"{k}/model.onnx", f"{k}/model.onnx_data") if p in paths]
     dims = v.get("free_dimensions", {})
     if not (isinstance(dims, dict) and all(isinstance(k, str) and k and _is_int(n) and n > 0 for k, n in dims.items())):
         out.append('"free_dimensions" must map dimension names to positive whole numbers.')

@@ -1,0 +1,77 @@
+"""The install-time conversion of a variant with "convert" (q4: the q4f16 download made to compute in
+fp32, for GPUs without 16-bit shaders; app/onnx/fp32.py does the graph work).
+
+Each converted part lands at `{part}/model.onnx` with its weights in `{part}/model.onnx_data` (the
+layout the pipeline loads by default). Their bytes are hashed while they are written and stored under
+their digest like downloaded files; installed.json records them ("converted": {path: [sha256, size]}),
+so loading checks their presence and Verify re-hashes them. An interrupted conversion leaves only
+`.partial` files, and the install converts again from the verified download.
+"""
+
+from ..onnx.fp32 import Conversion, convert_model
+from .download import Partial
+from .layout import PARTIAL
+from .opfs import options, remove
+
+CONVERSIONS = ("fp32-activations",)
+
+
+def converted_paths(part: str) -> tuple[str, str]:
+    return f"{part}/model.onnx", f"{part}/model.onnx_data"
+
+
+def _js_bytes(data: bytes):
+    import js
+
+    array = js.Uint8Array.new(len(data))
+    array.assign(data)
+    return array
+
+
+async def _open(folder, name: str) -> Partial:
+    part = Partial(await (await folder.getFileHandle(name, options(create=True))).createSyncAccessHandle())
+    part.restart()
+    return part
+
+
+async def _commit(folder, part: Partial, name: str) -> tuple[str, int]:
+    """Close a written file and store it under its digest; returns (sha256, size)."""
+    part.access.flush()
+    digest, size = await part.hasher.hexdigest(), part.have
+    part.close()
+    await remove(folder, digest)  # the same bytes from another part: one copy serves both
+    await (await folder.getFileHandle(name)).move(digest)
+    return digest, size
+
+
+async def convert_bundle(folder, entry: dict, on_part) -> dict:
+    """Convert every part that entry["convert"]["from"] names; {path: [sha256, size]} of the results.
+    `await on_part(part)` is told which part is being converted."""
+    by_path = {f["path"]: f for f in entry["files"]}
+    out = {}
+    for part, source in sorted(entry["convert"]["from"].items()):
+        await on_part(part)
+        file = await (await folder.getFileHandle(by_path[source]["sha256"])).getFile()
+
+        async def read(start, end, file=file):
+            return (await file.slice(start, end).arrayBuffer()).to_bytes()
+
+        graph_path, data_path = converted_paths(part)
+        data = await _open(folder, f"{part}-data{PARTIAL}")
+        try:
+            async def write_data(raw, data=data):
+                await data.append(_js_bytes(raw))
+
+            graph = await convert_model(read, int(file.size), write_data, data_path.rpartition("/")[2], Conversion())
+        except BaseException:
+            data.close()
+            raise
+        out[data_path] = list(await _commit(folder, data, f"{part}-data{PARTIAL}"))
+        written = await _open(folder, f"{part}-graph{PARTIAL}")
+        try:
+            await written.append(_js_bytes(graph))
+        except BaseException:
+            written.close()
+            raise
+        out[graph_path] = list(await _commit(folder, written, f"{part}-graph{PARTIAL}"))
+    return out

@@ -1,0 +1,33 @@
+"""What a model folder's files say about its install (app/store/layout.py), for variants that convert."""
+
+from app.store.layout import PARTIAL, RECORD, WANTED, bundle_state, convert_reserve, leftovers, record_for
+
+SOURCE = {"path": "onnx/unet_model_q4f16.onnx", "url": "/x", "size": 100, "sha256": "a" * 64}
+TOKENIZER = {"path": "tokenizer/tokenizer.json", "url": "/y", "size": 10, "sha256": "b" * 64}
+ENTRY = {"variant": "q4", "files": [SOURCE, TOKENIZER],
+         "convert": {"from": {"unet": SOURCE["path"]}, "to": "fp32-activations"}}
+CONVERTED = {"unet/model.onnx": ["c" * 64, 7], "unet/model.onnx_data": ["d" * 64, 150]}
+RECORDED = dict(record_for(ENTRY), converted=CONVERTED)
+ALL = {SOURCE["sha256"]: 100, TOKENIZER["sha256"]: 10, "c" * 64: 7, "d" * 64: 150}
+
+
+def test_a_converted_install_needs_its_converted_files_too():
+    assert bundle_state(ENTRY, ALL, RECORDED)[0] == "installed"
+    without_data = {k: v for k, v in ALL.items() if k != "d" * 64}
+    state, _, detail = bundle_state(ENTRY, without_data, RECORDED)
+    assert state == "damaged" and "unet/model.onnx_data" in detail  # Repair converts it again
+
+
+def test_downloaded_but_not_converted_says_so():
+    state, done, detail = bundle_state(ENTRY, ALL, None)  # a reload mid-conversion: no installed.json yet
+    assert (state, done) == ("partial", 110) and "not yet converted" in detail
+
+
+def test_the_reserve_for_converted_files_doubles_the_sources_only():
+    assert convert_reserve(ENTRY) == 200 and convert_reserve(dict(ENTRY, convert={})) == 0
+
+
+def test_leftovers_are_what_belongs_neither_to_the_download_nor_to_the_conversion():
+    names = list(ALL) + [RECORD, WANTED, "e" * 64, "unet-data" + PARTIAL, SOURCE["sha256"] + PARTIAL]
+    assert leftovers(ENTRY, names, RECORDED) == sorted(["e" * 64, "unet-data" + PARTIAL])
+    assert "c" * 64 in leftovers(ENTRY, names)  # without the record, converted files are not known
