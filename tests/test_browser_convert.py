@@ -1,7 +1,8 @@
 """One download for every GPU: on SwiftShader (WebGPU without shader-f16) a model offering q4f16 then q4
 gets q4, which downloads the q4f16 files and converts them in the worker to fp32 activations. The
 conversion in Pyodide writes the same bytes as on CPython, the picture matches CPython over those files,
-and Verify catches a flipped bit in a converted file (Repair converts again)."""
+Verify catches a flipped bit in a converted file (Repair converts again), and a conversion cut short by
+closing the tab is done again on the next visit."""
 
 import hashlib
 import io
@@ -34,6 +35,28 @@ FLIP_BYTE = """async ([model, name, at]) => {
     const writable = await handle.createWritable({keepExistingData: true});
     await writable.write({type: 'write', position: at, data: new Uint8Array([byte[0] ^ 1])});
     await writable.close();
+}"""
+
+
+# What an interrupted conversion leaves: no installed.json, no converted files, a partial one.
+INTERRUPT = """async ([model, converted]) => {
+    const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
+    const folder = await models.getDirectoryHandle(model);
+    for (const name of ['installed.json', ...converted]) await folder.removeEntry(name);
+    const write = async (name, text) => {
+        const writable = await (await folder.getFileHandle(name, {create: true})).createWritable();
+        await writable.write(text);
+        await writable.close();
+    };
+    await write('installing.json', JSON.stringify({variant: 'q4'}));
+    await write('unet-data.partial', 'half a conversion');
+}"""
+
+NAMES = """async (model) => {
+    const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
+    const names = [];
+    for await (const name of (await models.getDirectoryHandle(model)).keys()) names.push(name);
+    return names;
 }"""
 
 
@@ -90,4 +113,12 @@ def test_without_shader_f16_the_q4f16_download_is_converted_and_generates(browse
     row.get_by_role("button", name="Repair").click()
     expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
     assert opfs_json(page, MODEL, "installed.json")["converted"] == converted
+
+    # A tab closed mid-conversion leaves the verified download, a half-written converted file and the
+    # wish to install, but no installed.json: the next visit converts again and ends installed.
+    page.evaluate(INTERRUPT, [MODEL, [sha for sha, _ in converted.values()]])
+    page.reload()
+    expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+    assert opfs_json(page, MODEL, "installed.json")["converted"] == converted
+    assert not [n for n in page.evaluate(NAMES, MODEL) if n.endswith(".partial")]
     context.close()

@@ -73,8 +73,9 @@ def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type
 
 
 def test_a_first_visit_offers_sdxl_turbo_in_the_variant_this_device_gets_and_remembers_the_choice(browser, server):
-    """On SwiftShader (WebGPU, no shader-f16) a fresh visit starts on SDXL-Turbo, whose row names the fp32
-    variant, its download size, why not q4f16, what it needs, its licence and where its hashes come from;
+    """On SwiftShader (WebGPU, no shader-f16) a fresh visit starts on SDXL-Turbo, whose row names the q4
+    variant (the q4f16 download, converted here), its download size, why not q4f16, what it needs, its
+    licence and where its hashes come from;
     the test model says it draws test patterns. A model chosen once is the one the next visit starts on."""
     context = browser.new_context(service_workers="block")
     page = context.new_page()
@@ -83,10 +84,11 @@ def test_a_first_visit_offers_sdxl_turbo_in_the_variant_this_device_gets_and_rem
     model = page.get_by_label("Model", exact=True)
     expect(model).to_have_value("sdxl-turbo")
     details = page.locator("#model-sdxl-turbo-details")
-    for words in ("fp32 variant, 13.75 GB download",
-                  "q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks",
-                  "Needs WebGPU, GPU buffers of 256 MiB, about 16 GB of GPU memory",
-                  "License: Stability AI Community License", "sha256 pinned for every file"):
+    for words in ("q4 variant, 2.67 GB download, converted here for 32-bit math (up to 5.34 GB more on disk)",
+                  "q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks, so the q4 variant",
+                  "Needs WebGPU, GPU buffers of 256 MiB, about 8 GB of GPU memory",
+                  "License: Stability AI Community License",
+                  "sha256 from the host (huggingface.co) for 3 files, pinned for the other 6"):
         expect(details).to_contain_text(words)
     tiny = page.locator("#model-tiny-sdxl-turbo-details")
     expect(tiny).to_contain_text("test pattern")
