@@ -82,13 +82,13 @@ def largest_initializer(model: bytes) -> int:
     return max(stop - start for start, _, stop in messages(model, graph[1], graph[2], GRAPH_INITIALIZER))
 
 
-@pytest.mark.parametrize("part", ["unet", "text_encoder_2"])
-def test_reads_stay_within_a_window_or_one_tensor_whatever_the_file_size(tmp_path, part):
-    """Memory stays flat: no read is larger than the window or the largest single tensor (the text
-    encoder's token embedding), however large the file."""
+@pytest.mark.parametrize("part, window", [("unet", 8 * 1024), ("text_encoder_2", 64 * 1024)])
+def test_reads_stay_within_a_window_whatever_the_file_or_tensor_size(tmp_path, part, window):
+    """Memory stays flat: no read is larger than the window, not even for tensors larger than it (the
+    text encoder's 2 MB token embedding), which go to the data file a window at a time."""
     src = Q4F16 / PARTS[part]
-    _, largest = convert(src, tmp_path / "x.onnx", window=64 * 1024)
-    assert largest <= max(64 * 1024, largest_initializer(src.read_bytes())) < src.stat().st_size
+    _, largest = convert(src, tmp_path / "x.onnx", window=window)
+    assert largest <= window < largest_initializer(src.read_bytes())
 
 
 def test_converting_twice_gives_the_same_bytes(tmp_path):

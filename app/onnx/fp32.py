@@ -3,10 +3,10 @@ without 16-bit shaders: every float16 graph input, output, value_info, initializ
 target becomes float32; MatMulNBits keeps its packed int4 weights (its scales and bias become float32,
 which onnxruntime's MatMulNBits accepts); nothing else changes. The precision changes, not the function.
 
-It streams: the source is read in windows (`await read(start, end)`), initializers one at a time, and
-every initializer of `EXTERNAL_MIN_BYTES` or more goes to an external-data file as it is met
-(`await write_data(bytes)`), so a 2 GB UNet never sits whole in memory; what comes back is the small
-graph, which names that file for its weights.
+It streams: the source is read in windows (`await read(start, end)`), and the raw data of every
+initializer of `EXTERNAL_MIN_BYTES` or more goes to an external-data file a window at a time as it is
+met (`await write_data(bytes)`), so neither a 2 GB UNet nor one of its tensors sits whole in memory;
+what comes back is the small graph, which names that file for its weights.
 """
 
 from collections import Counter
@@ -115,21 +115,12 @@ def convert_tensor(buf) -> tuple[bytes, bool]:
             + message_field(TENSOR_RAW_DATA, values.tobytes())), True
 
 
-def _external(tensor: bytes, location: str, offset: int) -> tuple[bytes, bytes]:
-    """(the tensor without its raw_data, pointing at `location`/`offset` instead; that raw data), or
-    (tensor, b"") when it holds less than EXTERNAL_MIN_BYTES of raw data."""
-    raw, rest = b"", []
-    for number, wire, start, value, stop in fields(tensor, 0, len(tensor)):
-        if number == TENSOR_RAW_DATA:
-            raw = tensor[value:stop]
-        else:
-            rest.append(tensor[start:stop])
-    if len(raw) < EXTERNAL_MIN_BYTES:
-        return tensor, b""
+def _external_entries(location: str, offset: int, length: int) -> bytes:
+    """The fields that point a tensor at `length` bytes of `location` from `offset`."""
     entries = b"".join(message_field(TENSOR_EXTERNAL_DATA, message_field(ENTRY_KEY, k.encode())
                                      + message_field(ENTRY_VALUE, v.encode()))
-                       for k, v in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))))
-    return b"".join(rest) + entries + _varint_field(TENSOR_DATA_LOCATION, EXTERNAL), raw
+                       for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))))
+    return entries + _varint_field(TENSOR_DATA_LOCATION, EXTERNAL)
 
 
 def _op_type(buf) -> str:
@@ -240,15 +231,8 @@ async def _convert_main_graph(source, pos, end, write_data, location, stats) -> 
     while pos < end:
         number, wire, value, stop = await source.header(pos, end)
         if number == GRAPH_INITIALIZER and wire == LENGTH_DELIMITED:
-            tensor, changed = convert_tensor(await source.bytes(value, stop))
-            if changed:
-                ops = ",".join(sorted(stats.consumers.get(_tensor_name(tensor), {"(unused)"})))
-                stats.touched["initializer: float16 -> float", ops] += 1
-            tensor, raw = _external(tensor, location, stats.external_bytes)
-            if raw:
-                await write_data(raw)
-                stats.external_bytes += len(raw)
-            out.append(message_field(GRAPH_INITIALIZER, tensor))
+            out.append(message_field(GRAPH_INITIALIZER, await _initializer(source, value, stop, write_data, location,
+                                                                           stats)))
         elif number == GRAPH_SPARSE_INITIALIZER:
             raise ValueError("sparse initializers are not supported")
         else:
@@ -259,6 +243,40 @@ async def _convert_main_graph(source, pos, end, write_data, location, stats) -> 
             out.append(converted)
         pos = stop
     return b"".join(out)
+
+
+async def _initializer(source, pos, end, write_data, location, stats) -> bytes:
+    """One initializer of the main graph, converted; raw data of EXTERNAL_MIN_BYTES or more is streamed
+    to the data file a window at a time, so that no tensor (a 59 MB float16 convolution) is ever whole
+    in memory."""
+    rest, raw = [], None
+    while pos < end:
+        number, wire, value, stop = await source.header(pos, end)
+        if number == TENSOR_RAW_DATA and wire == LENGTH_DELIMITED and stop - value >= EXTERNAL_MIN_BYTES:
+            raw = (value, stop)
+        else:
+            rest.append(await source.bytes(pos, stop))
+        pos = stop
+    head = b"".join(rest)
+    if raw is None:  # small, or its values are not in raw_data: converted whole, kept inline
+        tensor, changed = convert_tensor(head)
+    else:
+        changed = any(n == TENSOR_DATA_TYPE and read_varint(head, v)[0] == FLOAT16
+                      for n, w, _, v, _ in fields(head, 0, len(head)))
+        if changed:
+            head = _rewrite(head, {TENSOR_DATA_TYPE: lambda number, wire, value, field: _varint_field(number, FLOAT)})
+        offset = stats.external_bytes
+        for start in range(raw[0], raw[1], WINDOW_BYTES):  # WINDOW_BYTES is even: float16 values stay whole
+            piece = await source.bytes(start, min(start + WINDOW_BYTES, raw[1]))
+            if changed:
+                piece = np.frombuffer(piece, "<f2").astype("<f4").tobytes()
+            await write_data(piece)
+            stats.external_bytes += len(piece)
+        tensor = head + _external_entries(location, offset, stats.external_bytes - offset)
+    if changed:
+        ops = ",".join(sorted(stats.consumers.get(_tensor_name(tensor), {"(unused)"})))
+        stats.touched["initializer: float16 -> float", ops] += 1
+    return tensor
 
 
 def _tensor_name(buf) -> str:
