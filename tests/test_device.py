@@ -64,16 +64,20 @@ def test_bench_measures_the_loaded_model(cpu_pipeline):
     assert result["tier"] == assign_tier(result["step_ms"]) and result["size"] == "64x64"
 
 
+F16 = {"path": "unet/model.onnx", "url": "/f16", "size": 1, "sha256": "1" * 64}
+F32 = {"path": "unet/model.onnx", "url": "/f32", "size": 2, "sha256": "2" * 64}
+
+
 def test_variant_follows_shader_f16():
     entry = {"id": "sdxl", "name": "SDXL-Turbo", "resolutions": [[512, 512]], "variants": [
-        {"id": "fp16", "files": ["f16"], "requires": {"webgpu": True, "shader_f16": True}},
-        {"id": "fp32", "files": ["f32"], "requires": {"webgpu": True}},
+        {"id": "fp16", "files": [F16], "requires": {"webgpu": True, "shader_f16": True}},
+        {"id": "fp32", "files": [F32], "requires": {"webgpu": True}},
     ]}
     on_f16 = pick_variant(entry, dict(GPU, shader_f16=True))
-    assert on_f16["files"] == ["f16"] and on_f16["name"] == "SDXL-Turbo (fp16)" and on_f16["id"] == "sdxl"
+    assert on_f16["files"] == [F16] and on_f16["name"] == "SDXL-Turbo (fp16)" and on_f16["id"] == "sdxl"
     assert "variants" not in on_f16 and on_f16["resolutions"] == [[512, 512]]
     linux_nvidia = pick_variant(entry, GPU)  # no shader-f16 on Linux + NVIDIA
-    assert linux_nvidia["variant"] == "fp32" and unsuitable(linux_nvidia, GPU) is None
+    assert linux_nvidia["variant"] == "fp32" and linux_nvidia["files"] == [F32] and unsuitable(linux_nvidia, GPU) is None
     on_cpu = pick_variant(entry, {"backend": "wasm"})
     assert on_cpu["variant"] == "fp16" and "needs WebGPU" in unsuitable(on_cpu, {"backend": "wasm"})
 
@@ -89,9 +93,12 @@ def test_the_models_panel_says_what_the_real_variants_need():
     entry = json.loads((ROOT / "models_manifest" / "sdxl-turbo.json").read_text())
     q4f16, q4, fp32 = (pick_variant(dict(entry, variants=[v]), GPU)["needs"] for v in entry["variants"])
     assert q4f16 == ("Needs WebGPU with 16-bit shaders (shader-f16), GPU buffers of 128 MiB, "
-                     "about 4 GB of GPU memory")
-    assert q4 == "Needs WebGPU, GPU buffers of 256 MiB, about 8 GB of GPU memory"
-    assert fp32 == "Needs WebGPU, GPU buffers of 256 MiB, about 16 GB of GPU memory"
+                     "about 4 GB of GPU memory, about 2.0 GB of free memory in the tab to load its unet")
+    assert q4 == ("Needs WebGPU, GPU buffers of 256 MiB, about 8 GB of GPU memory, "
+                  "up to 3.9 GB of free memory in the tab to load its unet")
+    # onnxruntime-web reads unet/model.onnx_data's 10.27 GB whole before it creates the session
+    assert fp32 == ("Needs WebGPU, GPU buffers of 256 MiB, about 16 GB of GPU memory, "
+                    "about 10.3 GB of free memory in the tab to load its unet")
 
 
 def test_sdxl_turbo_prefers_q4f16_then_q4_then_fp32():

@@ -6,6 +6,8 @@ entries), so they are tested on CPython with made-up devices.
 
 from dataclasses import dataclass
 
+from ..store.manifest import PARTS
+
 # Tier thresholds on the bench's median UNet step time (bench.py), in ms. The bench model is
 # tiny, so its step time is dominated by per-kernel dispatch cost: discrete GPUs do it in a few
 # ms, integrated GPUs in tens of ms, software rasterisers (SwiftShader) and the wasm CPU back end
@@ -113,7 +115,28 @@ def needs_text(entry: dict) -> str:
         parts.append(f"GPU buffers of {needs['max_buffer_bytes'] / 2**20:.0f} MiB")
     if entry.get("gpu_memory_bytes"):
         parts.append(f"about {entry['gpu_memory_bytes'] / 1e9:.0f} GB of GPU memory")
+    part, size = largest_part(entry)
+    if size >= 1e9:  # onnxruntime-web reads a model's weights whole before it builds the session
+        bound = "up to" if part in entry.get("convert", {}).get("from", {}) else "about"
+        parts.append(f"{bound} {size / 1e9:.1f} GB of free memory in the tab to load its {part}")
     return "Needs " + ", ".join(parts)
+
+
+def largest_part(entry: dict) -> tuple[str, int]:
+    """The pipeline part with the most bytes to load (its graph and external data), and that size; for a
+    converted variant, the most its converted files can take."""
+    sizes = {f["path"]: f["size"] for f in entry.get("files", [])}
+    convert = entry.get("convert", {}).get("from", {})
+    loads = {}
+    for part in PARTS:
+        if part in convert:
+            loads[part] = 2 * sizes.get(convert[part], 0)
+            continue
+        graph = entry.get("parts", {}).get(part, f"{part}/model.onnx")
+        folder = graph.rpartition("/")[0]
+        loads[part] = sizes.get(graph, 0) + sum(n for p, n in sizes.items() if p.rpartition("/")[0] == folder and p
+                                                != graph and not p.endswith((".onnx", ".json")))
+    return max(loads.items(), key=lambda item: item[1], default=("", 0))
 
 
 def missing(entry: dict, caps: dict) -> str:
