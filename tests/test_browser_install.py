@@ -226,7 +226,14 @@ def test_malformed_manifest_entries_are_rejected_and_a_bundle_too_big_is_refused
     huge = broken("huge")
     huge["variants"][0]["files"][0]["size"] += 20 * 10**9
     huge["variants"][0]["disk_bytes"] += 20 * 10**9
-    bad = {"schema": 1, "models": [good, huge, broken("escapes", path="../../etc/passwd"),
+    # Its 4 GB download fits, but not with the up to 8 GB its conversion writes: refused before downloading.
+    converts = broken("converts")
+    variant = converts["variants"][0]
+    variant["files"] = [f for f in variant["files"] if not f["path"].startswith("vae_decoder/")]
+    variant["files"][0]["size"] += 4 * 10**9
+    variant["disk_bytes"] = sum(f["size"] for f in variant["files"])
+    variant["convert"] = {"from": {"vae_decoder": variant["files"][0]["path"]}, "to": "fp32-activations"}
+    bad = {"schema": 1, "models": [good, huge, converts, broken("escapes", path="../../etc/passwd"),
                                    broken("plain-http", url="http://example.com/a.onnx"),
                                    broken("no-hash", sha256=None), broken("windows", path="unet\\model.onnx")]}
     try:
@@ -242,6 +249,9 @@ def test_malformed_manifest_entries_are_rejected_and_a_bundle_too_big_is_refused
         wait_message(page, "Not enough storage", "huge")
         assert "20.01 GB" in message(page, "huge") or "GB more" in message(page, "huge")
         assert state(page, "huge") == "not-installed" and fault_server.log == []
+        press(page, "Install", "converts")
+        wait_message(page, "Not enough storage", "converts")
+        assert "12.0" in message(page, "converts") and fault_server.log == []
         page.unroute("**/models_manifest.json")
         page.route("**/models_manifest.json", lambda r: r.fulfill(body="{ not json", content_type="application/json"))
         page.reload()
