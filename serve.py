@@ -7,7 +7,9 @@
 Every response is cross-origin isolated (COOP/COEP/CORP, so SharedArrayBuffer and wasm threads
 work; --no-isolation-headers leaves them out, like a plain static host), files get the MIME types
 browsers insist on (.mjs, .wasm), and GET honours single HTTP Range requests so large model files
-can be fetched in parts and resumed. No directory listings.
+can be fetched in parts and resumed. No directory listings, nothing outside its two folders (a
+symbolic link that leads out is not followed), idle connections closed after IDLE_SECONDS, at most
+MAX_CONNECTIONS at once.
 
 Usage: python3 serve.py [--port 8000] [--host 127.0.0.1] [--site build/site] [--models models]
                        [--no-isolation-headers] [--verbose]
@@ -23,6 +25,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -66,6 +69,9 @@ MIME_TYPES = {
 DEFAULT_MIME = "application/octet-stream"
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MAX_DIGITS = 18  # byte positions past this are beyond any file: no int() of a 4,300-digit number
+IDLE_SECONDS = 30
+MAX_CONNECTIONS = 64
 
 
 def mime_type(path: Path) -> str:
@@ -85,6 +91,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     if not match or match.group(1) == match.group(2) == "":
         return None
     first, last = match.group(1), match.group(2)
+    if len(first) > MAX_DIGITS:
+        return "unsatisfiable"
+    last = last if len(last) <= MAX_DIGITS else str(10**MAX_DIGITS)  # as good as "to the end"
     if first == "":  # suffix range: the last n bytes
         n = int(last)
         if n == 0 or size == 0:
@@ -104,6 +113,7 @@ class SiteHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "lantern-serve"
+    timeout = IDLE_SECONDS  # a client that sends nothing for this long is disconnected
 
     # -- plumbing
 
@@ -147,7 +157,10 @@ class SiteHandler(BaseHTTPRequestHandler):
             return None, HTTPStatus.FORBIDDEN
         if base is None:
             return None, HTTPStatus.NOT_FOUND
-        return Path(base).joinpath(*parts), HTTPStatus.OK
+        target = Path(base).joinpath(*parts)
+        if not target.resolve().is_relative_to(Path(base).resolve()):  # a link that leads out of the folder
+            return None, HTTPStatus.NOT_FOUND
+        return target, HTTPStatus.OK
 
     # -- the response
 
@@ -218,7 +231,7 @@ class SiteHandler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(chunk)
                 length -= len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the client left, or stopped reading
             self.close_connection = True
 
 
@@ -234,10 +247,23 @@ class SiteServer(ThreadingHTTPServer):
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.verbose = verbose
         self.isolation_headers = isolation_headers
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, SiteHandler)
 
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):  # too many at once: this one is closed, not queued
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
     def handle_error(self, request, client_address):
-        if self.verbose or not isinstance(sys.exc_info()[1], ConnectionError):
+        if self.verbose or not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
 
     @property

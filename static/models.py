@@ -37,8 +37,21 @@ def install(model_id):
     message = {"type": "install", "model": model_id}
     stall = window.URLSearchParams.new(window.location.search).get("stall_s")
     if stall:  # a shorter wait before a silent connection is dropped and resumed
-        message["stall_s"] = stall
+        seconds = stall_seconds(stall)
+        if seconds:
+            message["stall_s"] = seconds
+        else:
+            el("models-notice").textContent = (f"The page address asks for stall_s={stall[:20]}, which is not a "
+                                               "number of seconds from 1 to 600; the usual 30 s wait is used.")
     state["send"](message)
+
+
+def stall_seconds(text):
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 1 <= seconds <= 600 else None
 
 
 def command(kind, model_id):

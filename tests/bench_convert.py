@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -120,7 +121,7 @@ def main() -> int:
         models.mkdir()
         for tiny in (ROOT / "models").iterdir():  # the first-visit device bench installs and runs the tiny model
             if tiny.is_dir() and not tiny.name.startswith("__"):
-                (models / tiny.name).symlink_to(tiny)
+                shutil.copytree(tiny, models / tiny.name)  # a copy: serve.py follows no link out of its folders
         (models / "bench-unet" / "onnx").mkdir(parents=True)
         t0 = time.perf_counter()
         size, sha256 = write_unet(models / "bench-unet" / SOURCE, args.scale)
@@ -133,10 +134,7 @@ def main() -> int:
         extra = dict({k: v for k, v in template.items() if k != "bench"}, id="bench-unet", name="Benchmark UNet",
                      variants=[variant])
         site = Path(tmp) / "site"
-        site.mkdir()
-        for part in SITE.iterdir():
-            if part.name != "models_manifest.json":
-                (site / part.name).symlink_to(part)
+        shutil.copytree(SITE, site)
         (site / "models_manifest.json").write_text(json.dumps(dict(manifest, models=manifest["models"] + [extra])))
         server = make_fault_server(site, models)
         threading.Thread(target=server.serve_forever, daemon=True).start()

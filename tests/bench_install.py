@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -102,7 +103,7 @@ def main() -> int:
         models.mkdir()
         for tiny in (ROOT / "models").iterdir():  # the first-visit device bench installs and runs the tiny model
             if tiny.is_dir() and not tiny.name.startswith("__"):
-                (models / tiny.name).symlink_to(tiny)
+                shutil.copytree(tiny, models / tiny.name)  # a copy: serve.py follows no link out of its folders
         extra = []
         for mib in args.sizes_mib:
             model_id = f"bench-{mib}m"
@@ -111,10 +112,7 @@ def main() -> int:
         # The site with the benchmark's models added to its list (not a Playwright route: intercepting requests
         # slows every download of the context by about a third).
         site = Path(tmp) / "site"
-        site.mkdir()
-        for part in SITE.iterdir():
-            if part.name != "models_manifest.json":
-                (site / part.name).symlink_to(part)
+        shutil.copytree(SITE, site)
         (site / "models_manifest.json").write_text(json.dumps(dict(manifest, models=manifest["models"] + extra)))
         server = make_fault_server(site, models)
         threading.Thread(target=server.serve_forever, daemon=True).start()

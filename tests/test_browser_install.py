@@ -7,6 +7,7 @@ Runs on the shared page, with the small tiny refiner as the model being installe
 import json
 
 import pytest
+from playwright.sync_api import expect
 
 from conftest import BOOT_TIMEOUT_MS, ROOT
 
@@ -278,3 +279,18 @@ def test_device_bench_that_cannot_install_its_model_says_so_and_can_be_re_run(pa
                            timeout=INSTALL_TIMEOUT_MS * 2)
     assert state(page, bench_model) == "installed"
     page.get_by_text("Device", exact=True).click()
+
+
+def test_a_bad_stall_option_in_the_address_says_so_and_the_usual_wait_applies(page):
+    try:
+        page.goto(page.server + "?stall_s=abc")
+        wait_ready(page)
+        remove(page)
+        press(page, "Install")
+        expect(page.locator("#models-notice")).to_have_text(
+            "The page address asks for stall_s=abc, which is not a number of seconds from 1 to 600; "
+            "the usual 30 s wait is used.")
+        wait_state(page, "installed")
+    finally:
+        page.goto(page.server + "?stall_s=2")
+        wait_ready(page)

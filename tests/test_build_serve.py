@@ -7,12 +7,14 @@ The full-site build tests reuse the download cache .cache/ that `python build.py
 
 import hashlib
 import http.client
+import socket
 import io
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -237,6 +239,8 @@ def served(tmp_path_factory):
     for path, data in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+    (models / "leak.txt").symlink_to(tmp_path / "secret.txt")  # leads out of models/
+    (site / "inside").symlink_to(site / "vendor")  # stays inside the site
     server = serve.make_server(site, models, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -253,6 +257,45 @@ def request(server, path, method="GET", headers=None):
         return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
+
+
+def test_a_link_that_leads_out_of_its_folder_is_not_followed(served):
+    assert request(served, "/models/leak.txt")[0] == 404
+    status, _, body = request(served, "/inside/pyodide/x-1.0-py3-none-any.whl")
+    assert (status, body) == (200, b"PK")
+
+
+@pytest.mark.parametrize("header, status, body", [
+    ("bytes=" + "9" * 4300 + "-", 416, b""),  # starts past any file
+    ("bytes=0-" + "9" * 4300, 206, MODEL_BYTES),  # ends past it: to the end
+    ("bytes=-" + "9" * 4300, 206, MODEL_BYTES),  # the last "n" bytes: all of them
+])
+def test_a_range_with_thousands_of_digits_gets_an_answer(served, header, status, body):
+    got = request(served, "/models/tiny/unet/model.onnx", headers={"Range": header})
+    assert (got[0], got[2]) == (status, body)
+
+
+def test_idle_connections_are_closed_and_their_number_is_bounded(tmp_path, monkeypatch):
+    (tmp_path / "index.html").write_text("x")
+    monkeypatch.setattr(serve.SiteHandler, "timeout", 1)
+    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 2)
+    server = serve.make_server(tmp_path, None, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        time.sleep(0.3)  # both are being served (silently waiting for a request)
+        third = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert third.recv(1) == b""  # no slot: closed at once, not queued
+        started = time.monotonic()
+        assert [s.recv(1) for s in idle] == [b"", b""]  # idle for 1 s: closed
+        assert time.monotonic() - started < 5
+        assert request(server, "/")[2] == b"x"  # slots are free again
+    finally:
+        for s in idle + [third]:
+            s.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_port_zero_picks_a_free_port(served):

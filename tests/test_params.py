@@ -15,6 +15,10 @@ def test_a_good_request_is_parsed():
     ("prompt", "   ", "Please enter a prompt"),
     ("seed", "abc", "Seed must be a whole number"),
     ("seed", "1.5", "Seed must be a whole number"),
+    ("seed", "²", "Seed must be a whole number"),  # a digit to str.isdigit(), not to int()
+    ("seed", "--5", "Seed must be a whole number"),
+    ("seed", "9" * 5000, "Seed must be a whole number"),  # more digits than int() reads
+    ("steps", "٣", "Steps must be a whole number"),
     ("seed", "-1", "Seed must be between 0 and"),
     ("seed", str(2**32), "Seed must be between 0 and"),
     ("steps", "0", "Steps must be between 1 and 4"),

@@ -1,5 +1,6 @@
 """Checking what the user asked for, with messages a person can act on."""
 
+import re
 from dataclasses import asdict, dataclass
 
 from ..pipeline.seeds import MAX_SEED
@@ -25,9 +26,12 @@ class Request:
 
 
 def _integer(value, what):
+    # ASCII digits only, and few of them: str.isdigit() also takes "²", which int() refuses, and int()
+    # refuses numbers of more than 4,300 digits.
     text = str(value).strip()
-    if not text.lstrip("-").isdigit():
-        raise InputError(f"{what} must be a whole number, not {text!r}.")
+    if not re.fullmatch(r"-?[0-9]{1,30}", text):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise InputError(f"{what} must be a whole number, not {shown!r}.")
     return int(text)
 
 
