@@ -2,6 +2,7 @@
 
 faults[path] = {
     "status": 404,            answer this status instead of the file
+    "page": True,             answer 200 with an HTML page instead of the file (a sign-in or error page)
     "refuse_range": True,     answer 416 to any request with a Range header
     "drop_after": n,          send bytes up to absolute offset n, then cut the connection ("times": how often, default 1)
     "stall_after": n,         send bytes up to absolute offset n, then go silent until `release` is set
@@ -26,6 +27,14 @@ class FaultHandler(serve.SiteHandler):
         fault = self.server.faults.get(path, {})
         if fault.get("status"):
             self.send_empty(fault["status"])
+            return
+        if fault.get("page"):
+            body = b"<!doctype html><title>Sign in</title><p>Please sign in to continue.</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if send_body else b"")
             return
         if fault.get("refuse_range") and self.headers.get("Range"):
             self.send_empty(416, {"Content-Range": "bytes */0"})

@@ -140,6 +140,19 @@ def test_server_errors_are_explained_and_leave_nothing_installed(page, fault_ser
     assert sum(resume_or_install) == 1
 
 
+def test_a_web_page_served_for_a_model_file_is_not_kept(page, fault_server):
+    """A sign-in or error page answering 200 for a model file: refused before any of it is written, so
+    the next Install fetches the whole file again instead of resuming after the page."""
+    remove(page)
+    fault_server.faults[URL[BIG]] = {"page": True}
+    press(page, "Install")
+    wait_message(page, f"the server sent a web page instead of {BIG}, so none of it was kept")
+    assert state(page) == "partial"  # the other files are kept
+    fault_server.reset()
+    install_ok(page)
+    assert requests_for(fault_server, BIG) == [None]  # from the first byte: nothing of the page was kept
+
+
 def test_reload_mid_download_resumes_and_shows_speed_and_time_left(page, fault_server):
     remove(page)
     fault_server.faults[URL[BIG]] = {"slow": 0.25}  # ~16 s for the file

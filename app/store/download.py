@@ -10,6 +10,7 @@ from .layout import PARTIAL, InstallError
 from .opfs import PIECE, options, remove
 
 RETRIES = 4  # attempts in a row without progress before giving up
+WEB_PAGES = ("text/html", "application/xhtml+xml")  # never a model file (.onnx, .onnx_data, .json)
 BACKOFF_SECONDS = (1, 2, 4, 8)
 
 
@@ -171,6 +172,10 @@ async def fetch_into(part, url, f, stall_s, on_bytes):
         if retryable(status):
             raise OSError(f"HTTP {status}")
         raise InstallError(http_problem(status, url))
+    if (response.headers.get("Content-Type") or "").split(";")[0].strip().lower() in WEB_PAGES:
+        controller.abort()  # a login, error or captive-portal page answered for the file: keep none of it
+        raise InstallError(f"the server sent a web page instead of {f['path']}, so none of it was kept. "
+                           "Check the connection (a sign-in page?) and Install again.")
     reader = response.body.getReader()
     try:
         while True:
