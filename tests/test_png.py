@@ -1,9 +1,13 @@
 import io
+import json
+import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from app.store.png import encode_png, read_parameters
+from app.store.gallery import settings_from_png
+from app.store.png import SIGNATURE, TextTooLong, encode_png, read_parameters
 
 
 def test_png_carries_parameters_and_is_deterministic():
@@ -19,3 +23,32 @@ def test_png_from_elsewhere_has_no_parameters():
     out = io.BytesIO()
     Image.new("RGB", (4, 4)).save(out, format="PNG")
     assert read_parameters(out.getvalue()) is None
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def made_png(*chunks, width=13000, height=13000) -> bytes:
+    """A PNG that claims a huge image (its pixel data is not even valid): reading its text must not care."""
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return SIGNATURE + chunk(b"IHDR", ihdr) + b"".join(chunks) + chunk(b"IDAT", b"not pixels") + chunk(b"IEND", b"")
+
+
+def test_parameters_are_read_without_decoding_a_pixel():
+    params = {"prompt": "a cat", "seed": 1}
+    png = made_png(chunk(b"tEXt", b"lantern\0" + json.dumps(params).encode()))
+    assert read_parameters(png) == params
+    itxt = b"lantern\0\0\0\0\0" + json.dumps({"prompt": "猫"}, ensure_ascii=False).encode()
+    assert read_parameters(made_png(chunk(b"iTXt", itxt))) == {"prompt": "猫"}
+
+
+def test_parameters_larger_than_lantern_writes_are_refused_unread():
+    huge = b"lantern\0" + json.dumps({"prompt": "x" * 20_000_000}).encode()  # a 19 MB prompt
+    with pytest.raises(TextTooLong):
+        read_parameters(made_png(chunk(b"tEXt", huge)))
+    bomb = b"lantern\0\1\0\0\0" + zlib.compress(b" " * 100_000_000)  # 100 KB that inflate to 100 MB
+    with pytest.raises(TextTooLong):
+        read_parameters(made_png(chunk(b"iTXt", bomb)))
+    settings, message = settings_from_png(made_png(chunk(b"tEXt", huge)))
+    assert settings is None and message.startswith("This PNG's Lantern settings are larger than any Lantern writes")

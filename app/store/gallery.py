@@ -35,7 +35,7 @@ import traceback
 from PIL import Image
 
 from .opfs import options, remove, storage_failure
-from .png import read_parameters
+from .png import TextTooLong, read_parameters
 
 FOLDER = "gallery"
 THUMB_SIZE = 128
@@ -130,7 +130,9 @@ def settings_from_png(data: bytes):
         return None, NOT_PNG
     try:
         parameters = read_parameters(data)
-    except json.JSONDecodeError:  # the chunk is there but its JSON is broken
+    except TextTooLong as e:
+        return None, f"This PNG's Lantern settings are larger than any Lantern writes ({e}), so they were not read."
+    except (json.JSONDecodeError, UnicodeDecodeError):  # the chunk is there but its text is broken
         return None, DAMAGED
     except Exception:  # Pillow reports broken files as OSError, SyntaxError, ValueError...
         return None, NOT_PNG
