@@ -113,7 +113,7 @@ def show_row(m):
     r["install"].textContent = INSTALL_LABEL.get(s, "Install")
     r["install"].disabled = busy or s == "installed"
     r["cancel"].disabled = s not in ("downloading", "converting")
-    r["delete"].disabled = s == "not-installed"
+    r["delete"].disabled = s == "not-installed" and not m.kept_mb  # an earlier version's files can be freed
     r["verify"].disabled = busy or s not in ("installed", "damaged")
 
 
@@ -125,6 +125,14 @@ def on_message(msg):
                  else "the browser may clear it if the disk runs low")
     el("models-storage").textContent = (f"Storage: {size_text(storage.usage_mb)} used of {size_text(storage.quota_mb)} "
                                         f"available to this site ({kept_text}).")
+    unlisted = [msg.unlisted[i] for i in range(msg.unlisted.length)]
+    if unlisted:
+        kept = sum(u.mb for u in unlisted)
+        names = ", ".join(u.id for u in unlisted)
+        el("models-unlisted-text").textContent = (f"{len(unlisted)} model{'s' if len(unlisted) > 1 else ''} no longer "
+                                                  f"offered here ({names}) still keep{'' if len(unlisted) > 1 else 's'} "
+                                                  f"{size_text(kept)} in this browser.")
+    el("models-unlisted").hidden = not unlisted
     rejected = [msg.rejected[i] for i in range(msg.rejected.length)]
     el("models-rejected").textContent = " ".join(rejected)
     el("models-rejected").hidden = not rejected
@@ -160,3 +168,4 @@ def setup(send):
     listen(el("models"), "dragover", on_drag)
     listen(el("models"), "dragleave", lambda e: el("models").classList.remove("dropping"))
     listen(el("models"), "drop", on_drop)
+    listen(el("models-free"), "click", lambda e: send({"type": "models-free-unlisted"}))

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -27,12 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from playwright.sync_api import sync_playwright  # noqa: E402
-
 from app.onnx.wire import FLOAT16, LENGTH_DELIMITED, message_field, varint  # noqa: E402
-from bench_install import MIB, chromium_pids, rss  # noqa: E402
-from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, SITE  # noqa: E402
-from fault_server import make_fault_server  # noqa: E402
+from bench_install import MIB, bench_models, bench_page, chromium_pids, rss, tiny_entry  # noqa: E402
 from test_browser_hub import opfs_json  # noqa: E402
 
 UINT8 = 2
@@ -114,14 +109,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of SDXL's tensor count (1.0: ~1.9 GB)")
     args = parser.parse_args()
-    manifest = json.loads((SITE / "models_manifest.json").read_text())
-    template = next(m for m in manifest["models"] if m["id"] == "tiny-sdxl-turbo")
+    template = tiny_entry()
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        models.mkdir()
-        for tiny in (ROOT / "models").iterdir():  # the first-visit device bench installs and runs the tiny model
-            if tiny.is_dir() and not tiny.name.startswith("__"):
-                shutil.copytree(tiny, models / tiny.name)  # a copy: serve.py follows no link out of its folders
+        models = bench_models(tmp)
         (models / "bench-unet" / "onnx").mkdir(parents=True)
         t0 = time.perf_counter()
         size, sha256 = write_unet(models / "bench-unet" / SOURCE, args.scale)
@@ -133,20 +123,7 @@ def main() -> int:
                    "convert": {"from": {"unet": SOURCE}, "to": "fp32-activations"}}
         extra = dict({k: v for k, v in template.items() if k != "bench"}, id="bench-unet", name="Benchmark UNet",
                      variants=[variant])
-        site = Path(tmp) / "site"
-        shutil.copytree(SITE, site)
-        (site / "models_manifest.json").write_text(json.dumps(dict(manifest, models=manifest["models"] + [extra])))
-        server = make_fault_server(site, models)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
-        with sync_playwright() as p:
-            context = p.chromium.launch_persistent_context(str(Path(tmp) / "profile"), executable_path="/usr/bin/chromium",
-                                                           args=CHROMIUM_ARGS, service_workers="block")
-            page = context.new_page()
-            page.goto(url)
-            page.get_by_role("status").filter(has_text="Ready").wait_for(timeout=BOOT_TIMEOUT_MS)
-            page.wait_for_function("!document.getElementById('tier').textContent.includes('measuring')",
-                                   timeout=BOOT_TIMEOUT_MS * 2)
+        with bench_page(tmp, models, [extra]) as page:
             time.sleep(2)
             pids = chromium_pids()
             base = rss(pids)
@@ -169,8 +146,6 @@ def main() -> int:
             done.set()
             sampler.join()
             converted = opfs_json(page, "bench-unet", "installed.json")["converted"]
-            context.close()
-        server.shutdown()
     download_s, convert_s = converting - start, installed - converting
     print(f"download + sha256: {download_s:.1f} s ({size / download_s / 1e6:.0f} MB/s, loopback)")
     print(f"conversion:        {convert_s:.1f} s ({size / convert_s / 1e6:.0f} MB/s of source); downloading the "

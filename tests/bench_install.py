@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +84,49 @@ HASH_ONLY = """async (mib) => {
 }"""
 
 
+def tiny_entry() -> dict:
+    manifest = json.loads((SITE / "models_manifest.json").read_text())
+    return next(m for m in manifest["models"] if m["id"] == "tiny-sdxl-turbo")
+
+
+def bench_models(tmp) -> Path:
+    """A models folder holding copies of the tiny models (the first-visit device bench installs and runs one;
+    copies, because serve.py follows no link out of its folders)."""
+    models = Path(tmp) / "models"
+    models.mkdir()
+    for tiny in (ROOT / "models").iterdir():
+        if tiny.is_dir() and not tiny.name.startswith("__"):
+            shutil.copytree(tiny, models / tiny.name)
+    return models
+
+
+@contextmanager
+def bench_page(tmp, models: Path, extra: list):
+    """A page of a copy of the site whose model list has `extra` added (not a Playwright route: intercepting
+    requests slows every download of the context by about a third), in Chromium with a profile on disk (an
+    off-the-record context keeps OPFS in memory, which would count the files themselves), once the
+    first-visit device bench has ended so that it does not share the CPU."""
+    manifest = json.loads((SITE / "models_manifest.json").read_text())
+    site = Path(tmp) / "site"
+    shutil.copytree(SITE, site)
+    (site / "models_manifest.json").write_text(json.dumps(dict(manifest, models=manifest["models"] + extra)))
+    server = make_fault_server(site, models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(str(Path(tmp) / "profile"), executable_path="/usr/bin/chromium",
+                                                           args=CHROMIUM_ARGS, service_workers="block")
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            page.get_by_role("status").filter(has_text="Ready").wait_for(timeout=BOOT_TIMEOUT_MS)
+            page.wait_for_function("!document.getElementById('tier').textContent.includes('measuring')",
+                                   timeout=BOOT_TIMEOUT_MS * 2)
+            yield page
+            context.close()
+    finally:
+        server.shutdown()
+
+
 def entry(template: dict, model_id: str, size: int, sha256: str) -> dict:
     e = {k: v for k, v in template.items() if k != "bench"}
     files = [{"path": "weights.bin", "url": f"/models/{model_id}/weights.bin", "size": size, "sha256": sha256}]
@@ -96,37 +140,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=[256, 1024])
     args = parser.parse_args()
-    manifest = json.loads((SITE / "models_manifest.json").read_text())
-    template = next(m for m in manifest["models"] if m["id"] == "tiny-sdxl-turbo")
+    template = tiny_entry()
     with tempfile.TemporaryDirectory() as tmp:
-        models = Path(tmp) / "models"
-        models.mkdir()
-        for tiny in (ROOT / "models").iterdir():  # the first-visit device bench installs and runs the tiny model
-            if tiny.is_dir() and not tiny.name.startswith("__"):
-                shutil.copytree(tiny, models / tiny.name)  # a copy: serve.py follows no link out of its folders
+        models = bench_models(tmp)
         extra = []
         for mib in args.sizes_mib:
             model_id = f"bench-{mib}m"
             (models / model_id).mkdir()
             extra.append(entry(template, model_id, mib * MIB, make_file(models / model_id / "weights.bin", mib * MIB)))
-        # The site with the benchmark's models added to its list (not a Playwright route: intercepting requests
-        # slows every download of the context by about a third).
-        site = Path(tmp) / "site"
-        shutil.copytree(SITE, site)
-        (site / "models_manifest.json").write_text(json.dumps(dict(manifest, models=manifest["models"] + extra)))
-        server = make_fault_server(site, models)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
-        with sync_playwright() as p:
-            # A profile on disk: an off-the-record context keeps OPFS in memory, which would count the file itself.
-            context = p.chromium.launch_persistent_context(str(Path(tmp) / "profile"), executable_path="/usr/bin/chromium",
-                                                           args=CHROMIUM_ARGS, service_workers="block")
-            page = context.new_page()
-            page.goto(url)
-            page.get_by_role("status").filter(has_text="Ready").wait_for(timeout=BOOT_TIMEOUT_MS)
-            # Let the first-visit device bench end first, so it does not share the CPU.
-            page.wait_for_function("!document.getElementById('tier').textContent.includes('measuring')",
-                                   timeout=BOOT_TIMEOUT_MS * 2)
+        with bench_page(tmp, models, extra) as page:
             ceiling = page.evaluate(HASH_ONLY, HASH_ONLY_MIB)
             print(f"sha256 alone on the hashing thread (hasher.js, {HASH_ONLY_MIB} MiB): {ceiling:.0f} MB/s")
             print(f"{'file':>10} {'seconds':>8} {'MB/s':>8} {'of hash':>8} {'peak extra RSS':>15}")
@@ -155,8 +177,6 @@ def main() -> int:
                 speed = size / seconds / 1e6
                 print(f"{size // MIB:>6} MiB {seconds:>8.1f} {speed:>8.1f} {speed / ceiling:>8.0%} "
                       f"{(peak[0] - base) / MIB:>11.0f} MiB")
-            context.close()
-        server.shutdown()
     return 0
 
 

@@ -307,3 +307,41 @@ def test_a_bad_stall_option_in_the_address_says_so_and_the_usual_wait_applies(pa
     finally:
         page.goto(page.server + "?stall_s=2")
         wait_ready(page)
+
+
+LEAVE = """async ([folder, name, size]) => {
+    const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models', {create: true});
+    const dir = await models.getDirectoryHandle(folder, {create: true});
+    const writable = await (await dir.getFileHandle(name, {create: true})).createWritable();
+    await writable.write(new Uint8Array(size));
+    await writable.close();
+}"""
+
+LIST = """async (folder) => {
+    const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
+    const names = [];
+    for await (const name of (folder ? await models.getDirectoryHandle(folder) : models).keys()) names.push(name);
+    return names;
+}"""
+
+
+def test_what_an_earlier_version_a_dropped_model_or_a_closed_tab_left_can_be_freed(page):
+    remove(page)
+    page.evaluate(LEAVE, [MODEL, "f" * 64, 2**20])  # a file of an earlier version of the model
+    page.evaluate(LEAVE, [MODEL, f"import-{10**9}.partial", 1024])  # an import a closed tab cut short, in 1970
+    page.evaluate(LEAVE, ["gone-model", "e" * 64, 2 * 2**20])  # a model the list no longer offers
+    page.reload()
+    wait_ready(page)
+    expect(page.locator(f"#model-{MODEL}-message")).to_have_text(
+        "Holds 1.0 MB from an earlier version of this model that the current one does not use. "
+        "Delete frees it; Install replaces it.")
+    assert page.evaluate(LIST, MODEL) == ["f" * 64]  # the import's leftover is gone already
+    page.once("dialog", lambda d: d.accept())
+    press(page, "Delete model")
+    expect(row(page).get_by_role("button", name="Delete model")).to_be_disabled()
+    assert MODEL not in page.evaluate(LIST, "")
+    expect(page.locator("#models-unlisted-text")).to_have_text(
+        "1 model no longer offered here (gone-model) still keeps 2.1 MB in this browser.")
+    page.get_by_role("button", name="Free it").click()
+    expect(page.locator("#models-unlisted")).to_be_hidden()
+    assert "gone-model" not in page.evaluate(LIST, "")

@@ -1,6 +1,7 @@
 """What a model folder's files say about its install (app/store/layout.py), for variants that convert."""
 
-from app.store.layout import PARTIAL, RECORD, WANTED, bundle_state, convert_reserve, leftovers, record_for
+from app.store.layout import (PARTIAL, RECORD, WANTED, bundle_state, convert_reserve, kept_bytes, leftovers, record_for,
+                              stale_imports)
 
 SOURCE = {"path": "onnx/unet_model_q4f16.onnx", "url": "/x", "size": 100, "sha256": "a" * 64}
 TOKENIZER = {"path": "tokenizer/tokenizer.json", "url": "/y", "size": 10, "sha256": "b" * 64}
@@ -31,3 +32,13 @@ def test_leftovers_are_what_belongs_neither_to_the_download_nor_to_the_conversio
     names = list(ALL) + [RECORD, WANTED, "e" * 64, "unet-data" + PARTIAL, SOURCE["sha256"] + PARTIAL]
     assert leftovers(ENTRY, names, RECORDED) == sorted(["e" * 64, "unet-data" + PARTIAL])
     assert "c" * 64 in leftovers(ENTRY, names)  # without the record, converted files are not known
+
+
+def test_only_import_copies_a_closed_tab_left_are_stale():
+    hour = 3600 * 10**9
+    names = [f"import-{5 * hour}{PARTIAL}", f"import-{9 * hour}{PARTIAL}", "a" * 64 + PARTIAL, "import-x.partial"]
+    assert stale_imports(names, now_ns=10 * hour) == [f"import-{5 * hour}{PARTIAL}"]
+
+
+def test_a_folder_keeps_what_its_files_take_records_aside():
+    assert kept_bytes({"a" * 64: 100, "b" * 64 + PARTIAL: 20, RECORD: 50, WANTED: 10}) == 120

@@ -4,9 +4,10 @@ download.py (network) and checks.py (verify, import); where they live, in layout
 
 Page -> worker:  {type: "install", model, stall_s?}  {type: "install-cancel", model}
                  {type: "model-delete", model}      {type: "model-verify", model}
-                 {type: "model-import", files: [File]}
+                 {type: "model-import", files: [File]}  {type: "models-free-unlisted"}
 Worker -> page:  {type: "models", models: [{id, name, state, done_mb, total_mb, speed_mbps, eta_s, message, error}],
-                  storage: {usage_mb, quota_mb, persisted}, rejected: [messages], notice}
+                  storage: {usage_mb, quota_mb, persisted}, rejected: [messages], notice,
+                  unlisted: [{id, mb}] (folders of models no longer listed)}
 Sizes cross in MB (floats): the page's MicroPython reads JS integers above 2**31 as negative.
 state is "not-installed" | "downloading" | "converting" | "partial" | "installed" | "damaged" | "verifying" |
 "importing".
@@ -21,8 +22,9 @@ from .download import Mismatch, Rate, download
 from .hasher import HashError
 from .hub import ask_host, fetch_json, unresolved, with_host_hashes
 from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, converted_files,
-                     file_sizes, leftovers, model_folder, models_folder, page_row, partial_bytes, read_json, record_for,
-                     storage_problem, storage_text, stored, write_json)
+                     file_sizes, folder_names, gb, kept_bytes, leftovers, model_folder, models_folder, page_row,
+                     partial_bytes, read_json, record_for, stale_imports, storage_problem, storage_text, stored,
+                     write_json)
 from .opfs import remove
 
 STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
@@ -41,6 +43,7 @@ class Installer:
         self.tasks = {}  # id -> asyncio task (install, verify)
         self._last_report = 0.0
         self.notice = ""  # the outcome of an import, for the panel
+        self.unlisted = []  # [{id, mb}]: folders of models no longer listed (tidy)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -51,11 +54,15 @@ class Installer:
         hashes = await read_json(folder, HOST_HASHES) if folder else None
         self.models[model_id] = entry = with_host_hashes(self.entries[model_id], hashes)
         state, done, detail = bundle_state(entry, sizes, record)
+        kept = kept_bytes(sizes)
+        if state == "not-installed" and kept:
+            detail = (f"Holds {gb(kept)} from an earlier version of this model that the current one does not use. "
+                      "Delete frees it; Install replaces it.")
         old = self.status.get(model_id, {})
         keep = old.get("error") and state != "installed"
         self.status[model_id] = {"state": state, "done": done, "total": sum(f["size"] for f in entry["files"]),
                                  "speed": 0, "eta_s": -1, "message": old["message"] if keep else detail,
-                                 "error": bool(keep)}
+                                 "error": bool(keep), "kept": kept}
         return folder, sizes, record
 
     async def wanted(self):
@@ -83,17 +90,40 @@ class Installer:
             pass
         rows = [page_row(m, e, self.status.get(m, {})) for m, e in self.models.items()]
         self.post({"type": "models", "models": rows, "storage": storage, "rejected": self.rejected,
-                   "notice": self.notice})
+                   "notice": self.notice, "unlisted": self.unlisted})
 
     def fail(self, model_id, message):
         self.status[model_id].update(message=message, error=True, speed=0, eta_s=-1)
 
     async def start(self):
+        await self.tidy()
         for model_id in self.models:
             await self.refresh(model_id)
         await self.report()
         for model_id in await self.wanted():
             self.install(model_id)
+
+    async def tidy(self):
+        """Remove what closed tabs left behind (partial import copies), and find the folders of models no
+        longer listed, so the panel can offer to free them."""
+        self.unlisted = []
+        names = await folder_names(await models_folder())
+        for name in names:
+            folder = await model_folder(name, create=False)
+            sizes = await file_sizes(folder)
+            for stale in stale_imports(sizes, time.time_ns()):
+                await remove(folder, stale)
+                sizes.pop(stale)
+            if name not in self.models and kept_bytes(sizes):
+                self.unlisted.append({"id": name, "mb": kept_bytes(sizes) / 1e6})
+            elif name not in self.models:  # nothing in it worth a question
+                await remove(await models_folder(), name, recursive=True)
+
+    async def free_unlisted(self):
+        for folder in self.unlisted:
+            await remove(await models_folder(), folder["id"], recursive=True)
+        await self.tidy()
+        await self.report()
 
     def state(self, model_id) -> str:
         return self.status.get(model_id, {}).get("state", "not-installed")

@@ -81,6 +81,24 @@ def leftovers(entry: dict, names, record=None) -> list[str]:
     return sorted(n for n in names if n not in keep)
 
 
+IMPORT_GRACE_NS = 3600 * 10**9  # an import's partial copy older than this is one a closed tab left behind
+
+
+def stale_imports(names, now_ns: int) -> list[str]:
+    """Partial copies of imports ("import-<time_ns>.partial") that no running import can still be writing."""
+    out = []
+    for name in names:
+        stamp = name[len("import-"):-len(PARTIAL)] if name.startswith("import-") and name.endswith(PARTIAL) else ""
+        if stamp.isdigit() and now_ns - int(stamp) > IMPORT_GRACE_NS:
+            out.append(name)
+    return out
+
+
+def kept_bytes(sizes: dict) -> int:
+    """What a model folder takes on disk, its small records aside."""
+    return sum(n for name, n in sizes.items() if not name.endswith(".json"))
+
+
 def storage_problem(needed: int, usage: int, quota: int) -> str | None:
     free = max(quota - usage, 0)
     if needed > free:
@@ -96,7 +114,8 @@ def page_row(model_id: str, entry: dict, status: dict) -> dict:
             "message": status.get("message", ""), "error": bool(status.get("error")),
             "style": entry.get("style", ""), "license": entry.get("license", ""), "variant": entry.get("variant") or "",
             "variant_reason": entry.get("variant_reason", ""), "needs": entry.get("needs", ""),
-            "hashes": hash_origin(entry["files"]), "convert_mb": convert_reserve(entry) / 1e6}
+            "hashes": hash_origin(entry["files"]), "convert_mb": convert_reserve(entry) / 1e6,
+            "kept_mb": status.get("kept", 0) / 1e6}
 
 
 def convert_reserve(entry: dict) -> int:
@@ -137,15 +156,23 @@ async def model_folder(model_id: str, create: bool = True):
         raise
 
 
-async def file_sizes(folder) -> dict:
-    sizes, entries = {}, folder.entries()
+async def _entries(folder):
+    """(name, handle) of each entry of a folder."""
+    entries = folder.entries()
     while True:
         step = await entries.next()
         if step.done:
-            return sizes
-        name, handle = step.value.to_py() if hasattr(step.value, "to_py") else step.value
-        if handle.kind == "file":
-            sizes[name] = int((await handle.getFile()).size)
+            return
+        yield step.value.to_py() if hasattr(step.value, "to_py") else step.value
+
+
+async def folder_names(folder) -> list[str]:
+    """The sub-folders of a folder."""
+    return [name async for name, handle in _entries(folder) if handle.kind == "directory"]
+
+
+async def file_sizes(folder) -> dict:
+    return {name: int((await handle.getFile()).size) async for name, handle in _entries(folder) if handle.kind == "file"}
 
 
 async def read_json(folder, name):

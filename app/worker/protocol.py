@@ -4,7 +4,8 @@ Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution
                   resume?: {step, latents (Float32Array)}}
                  {type: "refine", id, params (the base image's), latents (its final latents), resume?}
                  {type: "cancel", id}      {type: "bench", id}
-                 install, install-cancel, model-delete, model-verify, model-import: see app/store/installer.py
+                 install, install-cancel, model-delete, model-verify, model-import, models-free-unlisted: see
+                 app/store/installer.py
 Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "queued", id, ahead}
                  {type: "progress", id, stage, step, steps, fraction}
@@ -71,6 +72,8 @@ class Worker:
                 asyncio.ensure_future(generator.delete_model(model_id))
             else:
                 self.installer.verify(model_id)
+        elif kind == "models-free-unlisted":
+            asyncio.ensure_future(self.installer.free_unlisted())
         elif kind == "model-import":
             asyncio.ensure_future(self.installer.import_files(list(message.files)))
 
