@@ -4,6 +4,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image, PngImagePlugin
 
 from app.store import gallery
@@ -110,6 +111,13 @@ def test_other_files_are_refused_politely():
     assert gallery.settings_from_png(plain_png()[:40]) == (None, gallery.NOT_PNG)  # truncated
     assert gallery.settings_from_png(plain_png(("lantern", "{not json"))) == (None, gallery.DAMAGED)
     assert gallery.settings_from_png(plain_png(("lantern", json.dumps({"prompt": "x"})))) == (None, gallery.DAMAGED)
+
+
+@pytest.mark.parametrize("change", [{"steps": 10**30}, {"seed": -1}, {"height": 0}, {"width": 10**6}])
+def test_restored_numbers_outside_what_the_page_can_hold_are_refused(change):
+    params = dict(PARAMS, **change)
+    png = plain_png(("lantern", json.dumps(params)))
+    assert gallery.settings_from_png(png) == (None, gallery.DAMAGED)
 
 
 def test_orphans_are_leftovers_of_interrupted_saves_old_enough():

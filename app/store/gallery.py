@@ -60,13 +60,22 @@ def valid_key(key) -> bool:
     return isinstance(key, str) and KEY_RE.fullmatch(key) is not None
 
 
+# Bounds far outside what the app makes, so that no restored number can be one the page cannot hold
+# (the page's MicroPython reads JS integers above 2**31 as negative); the generator checks the rest.
+LIMITS = {"seed": (0, 2**64 - 1), "steps": (1, 1000), "height": (1, 16384), "width": (1, 16384)}
+
+
 def checked_parameters(parameters):
-    """`parameters` if it has every setting with the right type, else None (extra keys are kept)."""
+    """`parameters` if it has every setting with the right type and within LIMITS, else None (extra keys
+    are kept)."""
     if not isinstance(parameters, dict):
         return None
     for name, kind in FIELDS.items():
         value = parameters.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
+            return None
+        low, high = LIMITS.get(name, (value, value))
+        if not low <= value <= high:
             return None
     return parameters
 
