@@ -13,21 +13,44 @@ const ISOLATION = {
 };
 const scope = new URL("./", self.location);
 
-// The stored copy: the body and type as fetched, plus isolation headers and the content hash
-// (a later version reuses the copy instead of downloading a file that did not change).
-function isolated(response, hash) {
-  const headers = new Headers(ISOLATION);
-  const type = response.headers.get("Content-Type");
-  if (type) headers.set("Content-Type", type);
+// The stored copy: the bytes as fetched, only once their sha256 is the build's, with the host's
+// headers (those that still describe the bytes), the isolation headers and the content hash (a later
+// version reuses the copy instead of downloading a file that did not change).
+const DROPPED = ["content-length", "content-encoding", "transfer-encoding"];
+
+async function hashPrefix(buffer) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", buffer));
+  return Array.from(digest.slice(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function isolated(response, body, hash) {
+  const headers = new Headers(response.headers);
+  for (const name of DROPPED) headers.delete(name);
+  for (const [name, value] of Object.entries(ISOLATION)) headers.set(name, value);
   if (hash) headers.set(HASH_HEADER, hash);
-  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+  return new Response(body, { status: response.status, statusText: response.statusText, headers });
+}
+
+// Never keeps an error, an opaque answer or bytes that are not this build's (a host's error page, a
+// proxy's truncated copy): they would be served on every visit after.
+async function verified(response, hash, url) {
+  if (!response.ok || response.type === "opaque") throw new Error(`${url}: HTTP ${response.status}`);
+  const body = await response.arrayBuffer();
+  if ((await hashPrefix(body)) !== hash) throw new Error(`${url}: these bytes are not this build's`);
+  return isolated(response, body, hash);
 }
 
 async function unchangedCopy(url, hash) {
   for (const name of await caches.keys()) {
     if (name.startsWith(PREFIX) && name !== CACHE) {
       const old = await (await caches.open(name)).match(url);
-      if (old && old.headers.get(HASH_HEADER) === hash) return old;
+      if (old && old.headers.get(HASH_HEADER) === hash) {
+        try {
+          return await verified(old, hash, url); // the label alone is not trusted
+        } catch {
+          return null;
+        }
+      }
     }
   }
   return null;
@@ -38,12 +61,7 @@ async function precache() {
   await Promise.all(Object.entries(BUILD.files).map(async ([path, hash]) => {
     const url = new URL(path, scope).href;
     if (await cache.match(url)) return; // an interrupted install left it
-    let response = await unchangedCopy(url, hash);
-    if (!response) {
-      response = await fetch(url, { cache: "no-cache" });
-      if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
-      response = isolated(response, hash);
-    }
+    const response = (await unchangedCopy(url, hash)) || (await verified(await fetch(url, { cache: "no-cache" }), hash, url));
     await cache.put(url, response);
   }));
 }
@@ -77,6 +95,8 @@ self.addEventListener("fetch", (event) => {
     // A request this worker took just before a newer version deleted its cache finds the same bytes
     // in the newer cache; only a file evicted by the browser is fetched again.
     const cached = (await caches.match(url, { cacheName: CACHE })) || (await unchangedCopy(url, BUILD.files[path]));
-    return cached || isolated(await fetch(request), null);
+    if (cached) return cached;
+    const response = await fetch(request);
+    return isolated(response, response.body, null);
   })());
 });

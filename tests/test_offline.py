@@ -8,6 +8,7 @@ import shutil
 import socket
 import sys
 import threading
+import time
 from http import HTTPStatus
 from pathlib import Path
 
@@ -194,4 +195,35 @@ def test_isolated_on_a_host_without_isolation_headers(browser, sites, built):
     wait_ready(page)
     assert page.evaluate("sessionStorage.getItem('lantern.isolation-reload')") is None
     assert page.workers and page.workers[0].evaluate("self.crossOriginIsolated")
+    context.close()
+
+
+def test_bytes_that_are_not_the_builds_are_never_kept(browser, sites, built, tmp_path):
+    """A file served wrong once (a host's error page, a proxy's truncated copy) is not kept by the service
+    worker: its install fails, and the next visit keeps the build's own bytes."""
+    site_dir = Path(shutil.copytree(built, tmp_path / "site"))
+    good = (site_dir / "gallery.css").read_bytes()
+    (site_dir / "gallery.css").write_bytes(b"/* not this build's file */")
+    site = sites(site_dir)
+    context = tiny_by_default(browser.new_context())
+    page = context.new_page()
+    page.goto(site.url)
+    wait_ready(page)
+    # the page's own <link> and the worker's precache both have asked for it
+    deadline = time.monotonic() + BOOT_TIMEOUT_MS / 1000
+    while site.requests.count("/gallery.css") < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert site.requests.count("/gallery.css") >= 2, site.requests
+    (site_dir / "gallery.css").write_bytes(good)
+    page.reload()
+    wait_ready(page)
+    wait_controlled(page)
+    kept = page.evaluate("""async () => {
+        for (const name of await caches.keys()) {
+            const copy = await (await caches.open(name)).match(new URL('gallery.css', location.href).href);
+            if (copy) return await copy.text();
+        }
+        return null;
+    }""")
+    assert kept == good.decode()
     context.close()
