@@ -11,7 +11,7 @@ so loading checks their presence and Verify re-hashes them. An interrupted conve
 from ..onnx.fp32 import Conversion, convert_model
 from .download import Partial
 from .layout import PARTIAL
-from .opfs import options, remove
+from .opfs import js_bytes, options, remove
 
 CONVERSIONS = ("fp32-activations",)
 
@@ -20,17 +20,10 @@ def converted_paths(part: str) -> tuple[str, str]:
     return f"{part}/model.onnx", f"{part}/model.onnx_data"
 
 
-def _js_bytes(data: bytes):
-    import js
-
-    array = js.Uint8Array.new(len(data))
-    array.assign(data)
-    return array
-
 
 async def _open(folder, name: str) -> Partial:
     part = Partial(await (await folder.getFileHandle(name, options(create=True))).createSyncAccessHandle())
-    part.restart()
+    part.access.truncate(0)  # what an interrupted conversion left
     return part
 
 
@@ -60,7 +53,7 @@ async def convert_bundle(folder, entry: dict, on_part) -> dict:
         data = await _open(folder, f"{part}-data{PARTIAL}")
         try:
             async def write_data(raw, data=data):
-                await data.append(_js_bytes(raw))
+                await data.append(js_bytes(raw))
 
             graph = await convert_model(read, int(file.size), write_data, data_path.rpartition("/")[2], Conversion())
         except BaseException:
@@ -69,7 +62,7 @@ async def convert_bundle(folder, entry: dict, on_part) -> dict:
         out[data_path] = list(await _commit(folder, data, f"{part}-data{PARTIAL}"))
         written = await _open(folder, f"{part}-graph{PARTIAL}")
         try:
-            await written.append(_js_bytes(graph))
+            await written.append(js_bytes(graph))
         except BaseException:
             written.close()
             raise

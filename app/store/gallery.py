@@ -34,7 +34,7 @@ import traceback
 
 from PIL import Image
 
-from .opfs import options, remove, storage_failure
+from .opfs import js_bytes, options, remove, storage_failure
 from .png import TextTooLong, read_parameters
 
 FOLDER = "gallery"
@@ -187,14 +187,6 @@ _records = {}  # key -> record; records never change once written, so they are r
 _thumbs = {}  # key -> thumbnail bytes, for the same reason
 
 
-def _js_bytes(data: bytes):
-    import js
-
-    array = js.Uint8Array.new(len(data))
-    array.assign(data)
-    return array
-
-
 async def _folder():
     # Looked up each time, not kept: a handle to a folder removed meanwhile (site data cleared) fails.
     import js
@@ -207,13 +199,13 @@ async def _write(folder, name: str, data: bytes):
     handle = await folder.getFileHandle(name, options(create=True))
     if hasattr(handle, "createWritable"):
         writable = await handle.createWritable()
-        await writable.write(_js_bytes(data))
+        await writable.write(js_bytes(data))
         await writable.close()  # the new contents replace the old only now
     else:
         access = await handle.createSyncAccessHandle()
         try:
             access.truncate(0)
-            access.write(_js_bytes(data))
+            access.write(js_bytes(data))
             access.flush()
         finally:
             access.close()
@@ -258,7 +250,7 @@ async def _thumb(folder, key):
 
 
 def _with_thumb(record, thumb: bytes):
-    data = _js_bytes(thumb)
+    data = js_bytes(thumb)
     return dict(entry(record), thumb=data.buffer), data.buffer
 
 
@@ -283,7 +275,7 @@ async def _get(key, post):
     record = _records.get(key) or parse_record(await _read(folder, key + ".json"))
     if record is None:
         raise FileNotFoundError(f"NotFoundError: {key}.json is unreadable")
-    png = _js_bytes(await _read(folder, key + ".png"))
+    png = js_bytes(await _read(folder, key + ".png"))
     post({"type": "gallery-item", "key": key, "png": png.buffer, "parameters": page_settings(record["parameters"]),
           "filename": download_name(record["parameters"], record["created"])}, transfer=[png.buffer])
 

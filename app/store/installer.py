@@ -107,17 +107,19 @@ class Installer:
         """Remove what closed tabs left behind (partial import copies), and find the folders of models no
         longer listed, so the panel can offer to free them."""
         self.unlisted = []
-        names = await folder_names(await models_folder())
-        for name in names:
-            folder = await model_folder(name, create=False)
+        root = await models_folder()
+        for name in await folder_names(root):
+            folder = await root.getDirectoryHandle(name)
             sizes = await file_sizes(folder)
             for stale in stale_imports(sizes, time.time_ns()):
                 await remove(folder, stale)
                 sizes.pop(stale)
-            if name not in self.models and kept_bytes(sizes):
+            if name in self.models:
+                continue
+            if kept_bytes(sizes):
                 self.unlisted.append({"id": name, "mb": kept_bytes(sizes) / 1e6})
-            elif name not in self.models:  # nothing in it worth a question
-                await remove(await models_folder(), name, recursive=True)
+            else:  # nothing in it worth a question
+                await remove(root, name, recursive=True)
 
     async def free_unlisted(self):
         for folder in self.unlisted:

@@ -13,6 +13,15 @@ def options(**values):
     return to_js(values, dict_converter=js.Object.fromEntries)
 
 
+def js_bytes(data: bytes):
+    """Python bytes as a new Uint8Array (what OPFS writes and the hashing thread take)."""
+    import js
+
+    array = js.Uint8Array.new(len(data))
+    array.assign(data)
+    return array
+
+
 def storage_failure(error: Exception) -> str | None:
     """"full" (over the site's quota), "denied" (no OPFS here: private browsing, policy) or None (other)."""
     text = f"{type(error).__name__}: {error}"
