@@ -11,6 +11,8 @@ What goes in, and where it lands in the site:
   models/sdxl/**            -> sdxl/ (the tokenizers and scheduler config every SDXL bundle shares;
                                fetched only by installs, so not precached)
   pyproject.toml            -> build-info.json (app version) together with the pins below
+  (the manifest's hosts)    -> headers.json: the Content-Security-Policy and the other security
+                               headers, sent by serve.py and added by sw.js to what it serves
   build.lock.json pins:
     npm onnxruntime-web      -> vendor/ort/          (native WebGPU build + its asyncify wasm)
     npm pyodide              -> vendor/pyodide/      (core, stdlib, pyodide-lock.json)
@@ -47,6 +49,7 @@ import tarfile
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -459,8 +462,45 @@ def build_info(version: str, lock: dict, wheels: list[Wheel], app: bytes) -> byt
     })
 
 
+HEADERS = "headers.json"
+# CSP checks every redirect, and the Hub answers a file's /resolve/ URL with a redirect to its CDN
+# (cdn-lfs*.hf.co, cas-bridge.xethub.hf.co, regional *.cdn.hf.co; the names have moved before).
+HOST_REDIRECTS = {"https://huggingface.co": ("https://*.huggingface.co", "https://*.hf.co")}
+
+
+def security_headers(manifest: bytes) -> dict[str, str]:
+    """The headers every response of the site carries, with a CSP as tight as Pyodide and PyScript allow.
+
+    connect-src is the site and the origins its models are downloaded from (each model host's API, for
+    sha256s taken from the host, is on the same origin as its files)."""
+    origins = sorted({
+        f"{url.scheme}://{url.netloc}"
+        for entry in json.loads(manifest)["models"] for v in entry["variants"] for f in v["files"]
+        if (url := urllib.parse.urlsplit(f["url"])).scheme == "https"
+    })
+    connect = ["'self'"] + [host for origin in origins for host in (origin, *HOST_REDIRECTS.get(origin, ()))]
+    csp = {
+        "default-src": ["'none'"],
+        # wasm: Pyodide, MicroPython, ORT-web; eval: Pyodide's and PyScript's own loaders (none of ours)
+        "script-src": ["'self'", "'wasm-unsafe-eval'", "'unsafe-eval'"],
+        "worker-src": ["'self'"],
+        "connect-src": connect,
+        "img-src": ["'self'", "blob:", "data:"],  # results and previews are blobs; the empty favicon is data:
+        "style-src": ["'self'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'none'"],
+        "frame-ancestors": ["'none'"],
+    }
+    return {
+        "Content-Security-Policy": "; ".join(f"{k} {' '.join(v)}" for k, v in csp.items()),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
+    }
+
+
 SERVICE_WORKER = "sw.js"
-SW_BUILD_LINE = 'const BUILD = {"version": "unbuilt", "files": {}};'
+SW_BUILD_LINE = 'const BUILD = {"version": "unbuilt", "files": {}, "headers": {}};'
 
 
 def service_worker(site: dict[str, bytes], template: bytes) -> bytes:
@@ -475,7 +515,9 @@ def service_worker(site: dict[str, bytes], template: bytes) -> bytes:
     text = template.decode("utf-8")
     if text.count(SW_BUILD_LINE) != 1:
         raise BuildError(f"static/{SERVICE_WORKER} must hold the line {SW_BUILD_LINE} once")
-    line = "const BUILD = " + json.dumps({"version": version, "files": files}, separators=(",", ":")) + ";"
+    headers = json.loads(site[HEADERS]) if HEADERS in site else {}
+    line = "const BUILD = " + json.dumps({"version": version, "files": files, "headers": headers},
+                                         separators=(",", ":")) + ";"
     return text.replace(SW_BUILD_LINE, line).encode("utf-8")
 
 
@@ -574,7 +616,9 @@ def build(
     add_files(site, static, "static/")
     app = app_zip(root)
     add_files(site, shared_model_files(root), f"models/{SHARED}/")
-    add_files(site, {"app.zip": app, "models_manifest.json": models_manifest(root, site)}, "project")
+    manifest = models_manifest(root, site)
+    add_files(site, {"app.zip": app, "models_manifest.json": manifest, HEADERS: to_json(security_headers(manifest))},
+              "project")
     add_files(site, {"build-info.json": build_info(project_version(root), lock, wheels, app)}, "project")
     if SERVICE_WORKER in site:
         site[SERVICE_WORKER] = service_worker(site, site[SERVICE_WORKER])

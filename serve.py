@@ -5,14 +5,16 @@
   /models/...  local model bundles (default models/), e.g. /models/tiny-sdxl-turbo/unet/model.onnx
 
 Every response is cross-origin isolated (COOP/COEP/CORP, so SharedArrayBuffer and wasm threads
-work; --no-isolation-headers leaves them out, like a plain static host), files get the MIME types
+work) and carries the build's security headers (headers.json: CSP, nosniff, Referrer-Policy,
+Permissions-Policy); --plain-host leaves all of them out, like a static host that cannot set
+headers (the service worker then adds them). Files get the MIME types
 browsers insist on (.mjs, .wasm), and GET honours single HTTP Range requests so large model files
 can be fetched in parts and resumed. No directory listings, nothing outside its two folders (a
 symbolic link that leads out is not followed), idle connections closed after IDLE_SECONDS, at most
 MAX_CONNECTIONS at once.
 
 Usage: python3 serve.py [--port 8000] [--host 127.0.0.1] [--site build/site] [--models models]
-                       [--no-isolation-headers] [--verbose]
+                       [--plain-host] [--verbose]
 Tests can run it in a thread: `server = make_server(site, models, "127.0.0.1", 0)`,
 `threading.Thread(target=server.serve_forever, daemon=True).start()`, then `server.shutdown()`.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import email.utils
+import json
 import os
 import re
 import socket
@@ -42,6 +45,8 @@ ISOLATION_HEADERS = {
     "Cross-Origin-Embedder-Policy": "require-corp",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+
+SECURITY_HEADERS = "headers.json"
 
 MIME_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -118,11 +123,15 @@ class SiteHandler(BaseHTTPRequestHandler):
     # -- plumbing
 
     def end_headers(self):
-        if self.server.isolation_headers:
-            for name, value in ISOLATION_HEADERS.items():
-                self.send_header(name, value)
+        for name, value in self.app_headers().items():
+            self.send_header(name, value)
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
+
+    def app_headers(self) -> dict[str, str]:
+        if not self.server.app_headers:
+            return {}
+        return {**ISOLATION_HEADERS, **self.server.security_headers}
 
     def log_message(self, format, *args):
         if self.server.verbose:
@@ -239,14 +248,16 @@ class SiteServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address, site_dir: Path, models_dir: Path | None, verbose: bool = False, isolation_headers: bool = True
+        self, address, site_dir: Path, models_dir: Path | None, verbose: bool = False, app_headers: bool = True
     ):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.site_dir = Path(site_dir)
         self.models_dir = Path(models_dir) if models_dir is not None else None
         self.verbose = verbose
-        self.isolation_headers = isolation_headers
+        self.app_headers = app_headers
+        headers = self.site_dir / SECURITY_HEADERS  # written by build.py
+        self.security_headers = json.loads(headers.read_text(encoding="utf-8")) if headers.is_file() else {}
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, SiteHandler)
 
@@ -279,12 +290,13 @@ def make_server(
     host: str = "127.0.0.1",
     port: int = 8000,
     verbose: bool = False,
-    isolation_headers: bool = True,
+    app_headers: bool = True,
 ) -> SiteServer:
     """A ready, bound (not yet serving) server; port 0 picks a free port (see `server.url`).
 
-    `isolation_headers=False` sends no COOP/COEP/CORP, as a static host that cannot set headers."""
-    return SiteServer((host, port), site_dir, models_dir, verbose, isolation_headers)
+    `app_headers=False` sends neither COOP/COEP/CORP nor the security headers, as a static host that
+    cannot set headers."""
+    return SiteServer((host, port), site_dir, models_dir, verbose, app_headers)
 
 
 def ensure_built(site_dir: Path) -> int:
@@ -303,8 +315,9 @@ def parse_args(argv):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="built site (default: build/site)")
     parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="served at /models/ (default: models)")
-    parser.add_argument("--no-isolation-headers", dest="isolation_headers", action="store_false",
-                        help="omit COOP/COEP/CORP, like a static host (the service worker then supplies them)")
+    parser.add_argument("--plain-host", dest="app_headers", action="store_false",
+                        help="omit COOP/COEP/CORP and the security headers, like a static host "
+                             "(the service worker then supplies them)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser.parse_args(argv)
 
@@ -315,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     try:
-        server = make_server(args.site, args.models, args.host, args.port, args.verbose, args.isolation_headers)
+        server = make_server(args.site, args.models, args.host, args.port, args.verbose, args.app_headers)
     except OSError as exc:
         print(f"serve.py: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -80,6 +80,8 @@ for id, handler in (("generate", form.generate), ("cancel", runs.cancel), ("retr
                     ("randomize", form.randomize), ("download", result.download), ("refine", result.refine),
                     ("rebench", device.run_bench)):
     listen(el(id), "click", handler)
+# Enter in a field must not submit the controls' form (which would reload the page; the CSP forbids it).
+listen(el("controls"), "submit", lambda event: event.preventDefault())
 listen(el("model"), "change", form.on_model_change)
 listen(el("history"), "change", form.use_history)
 for field in ("steps", "resolution", "preview-every"):

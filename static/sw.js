@@ -1,7 +1,8 @@
 // Service worker: keeps the whole app in Cache Storage so later visits need no network, and adds
-// the cross-origin isolation headers to what it serves, for static hosts that cannot send them.
-// build.py replaces the next line with this build's version and files (site path -> content hash).
-const BUILD = {"version": "unbuilt", "files": {}};
+// the cross-origin isolation and security headers (CSP, nosniff...) to what it serves, for static
+// hosts that cannot send them. build.py replaces the next line with this build's version, files
+// (site path -> content hash) and headers (headers.json).
+const BUILD = {"version": "unbuilt", "files": {}, "headers": {}};
 
 const PREFIX = "lantern-";
 const CACHE = PREFIX + BUILD.version;
@@ -14,7 +15,7 @@ const ISOLATION = {
 const scope = new URL("./", self.location);
 
 // The stored copy: the bytes as fetched, only once their sha256 is the build's, with the host's
-// headers (those that still describe the bytes), the isolation headers and the content hash (a later
+// headers (those that still describe the bytes), the app's headers and the content hash (a later
 // version reuses the copy instead of downloading a file that did not change).
 const DROPPED = ["content-length", "content-encoding", "transfer-encoding"];
 
@@ -26,7 +27,7 @@ async function hashPrefix(buffer) {
 function isolated(response, body, hash) {
   const headers = new Headers(response.headers);
   for (const name of DROPPED) headers.delete(name);
-  for (const [name, value] of Object.entries(ISOLATION)) headers.set(name, value);
+  for (const [name, value] of Object.entries({ ...ISOLATION, ...BUILD.headers })) headers.set(name, value);
   if (hash) headers.set(HASH_HEADER, hash);
   return new Response(body, { status: response.status, statusText: response.statusText, headers });
 }

@@ -19,6 +19,11 @@ try {
   await py.loadPackage(["numpy", "pillow"], { messageCallback: () => {} });
   py.registerJsModule("ort", ort);
   py.registerJsModule("hf_tokenizers", tokenizers);
+  // A tensor's bytes, taken in JS: Pyodide cannot wrap the Float16Array that holds an fp16 output
+  // (and the CSP allows no Function() of our own to do it from Python).
+  py.registerJsModule("lantern_js", {
+    tensor_bytes: (t) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength),
+  });
   const app = await (await fetch(new URL("app.zip", site))).arrayBuffer();
   py.unpackArchive(app, "zip", { extractDir: "/lantern" });
   py.pyimport("sys").path.insert(0, "/lantern");

@@ -108,6 +108,20 @@ def server(fault_server):
     return f"http://127.0.0.1:{fault_server.server_address[1]}/"
 
 
+@pytest.fixture(autouse=True)
+def no_csp_violations(request):
+    """Every test that talks to the served app fails on any Content-Security-Policy violation its pages or
+    workers report (the fault server's CSP asks for reports). Reports are sent a little after the fact: one
+    that arrives late fails the next browser test, never passes unseen."""
+    if "fault_server" not in request.fixturenames:
+        yield
+        return
+    reports = request.getfixturevalue("fault_server").csp_reports
+    yield
+    found, reports[:] = list(reports), []
+    assert not found, f"CSP violations: {found}"
+
+
 def tiny_by_default(context):
     """Pages of `context` start on the tiny test model, as if the visitor had chosen it on an earlier visit
     (a fresh visit starts on the first listed model this device can run: SDXL-Turbo, which the tests

@@ -9,8 +9,12 @@ faults[path] = {
     "corrupt_at": n,          flip the bits of the byte at absolute offset n
     "slow": seconds,          pause this long after every 64 KiB
 }
+
+Its CSP also asks the browser to report every violation to CSP_REPORTS; they are kept in
+`csp_reports` (a test fails on any, see conftest.py).
 """
 
+import json
 import threading
 import time
 from urllib.parse import urlsplit
@@ -18,9 +22,24 @@ from urllib.parse import urlsplit
 import serve
 
 PIECE = 64 * 1024
+CSP_REPORTS = "/__csp-reports"
 
 
 class FaultHandler(serve.SiteHandler):
+    def app_headers(self):
+        headers = super().app_headers()
+        if "Content-Security-Policy" in headers:
+            headers["Content-Security-Policy"] += f"; report-uri {CSP_REPORTS}"
+        return headers
+
+    def do_POST(self):
+        if urlsplit(self.path).path != CSP_REPORTS:
+            self.send_empty(405)
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.csp_reports.append(json.loads(body or b"{}").get("csp-report", {}))
+        self.send_empty(204)
+
     def serve(self, send_body):
         path = urlsplit(self.path).path
         self.server.log.append((path, self.headers.get("Range")))
@@ -83,6 +102,7 @@ class FaultServer(serve.SiteServer):
     def __init__(self, *args, **kwargs):
         self.faults = {}
         self.log = []
+        self.csp_reports = []
         self.release = threading.Event()
         super().__init__(*args, **kwargs)
         self.RequestHandlerClass = FaultHandler

@@ -2,6 +2,7 @@
 
 import io
 import re
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +93,22 @@ def test_page_boots_offline_on_webgpu(app):
     assert any(u.endswith("pyodide.asm.wasm") for u in app.requests)  # the worker's requests are seen too
     expect(app.get_by_label("Model", exact=True)).to_have_value("tiny-sdxl-turbo")
     expect(app.get_by_role("progressbar", name="Progress", exact=True)).to_be_visible()
+
+
+def test_the_csp_holds_in_the_page_and_the_worker_and_violations_are_reported(app, fault_server):
+    """What the policy forbids is refused and reported, so the suite-wide check (conftest.no_csp_violations)
+    would see any violation the app itself made."""
+    probe = "url => fetch(url).then(() => 'fetched', e => e.name)"
+    wait_counter(app, "measured", 1, "#tier")  # the first visit's bench is over: the worker is idle
+    assert app.evaluate(probe, "https://example.org/from-page") == "TypeError"
+    generator = [w for w in app.workers if w.url.endswith("/worker.mjs")][-1]
+    assert generator.evaluate(probe, "https://example.org/from-worker") == "TypeError"
+    deadline = time.monotonic() + 60
+    while len(fault_server.csp_reports) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    blocked = sorted((r["violated-directive"], r["blocked-uri"]) for r in fault_server.csp_reports)
+    fault_server.csp_reports.clear()
+    assert blocked == [("connect-src", "https://example.org/from-page"), ("connect-src", "https://example.org/from-worker")]
 
 
 def test_generated_png_matches_cpython_pipeline_and_carries_metadata(app, cpu_pipeline, manifest_entry):

@@ -240,6 +240,7 @@ def served(tmp_path_factory):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     (models / "leak.txt").symlink_to(tmp_path / "secret.txt")  # leads out of models/
+    (site / "headers.json").write_bytes(build.to_json(build.security_headers(SITE_MANIFEST)))
     (site / "inside").symlink_to(site / "vendor")  # stays inside the site
     server = serve.make_server(site, models, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -247,6 +248,22 @@ def served(tmp_path_factory):
     yield server
     server.shutdown()
     server.server_close()
+
+
+SITE_MANIFEST = json.dumps({"models": [{"variants": [{"files": [
+    {"url": "https://huggingface.co/org/repo/resolve/main/unet/model.onnx"},
+    {"url": "https://models.example.org/vae/model.onnx"},
+    {"url": "/models/tiny/text_encoder/model.onnx"},
+]}]}]}).encode()
+
+
+def test_the_csp_allows_connections_to_the_site_and_its_model_hosts_only():
+    csp = dict(d.split(" ", 1) for d in build.security_headers(SITE_MANIFEST)["Content-Security-Policy"].split("; "))
+    # the Hub's downloads are redirects to its CDN hosts, which CSP checks too
+    assert csp["connect-src"].split() == ["'self'", "https://huggingface.co", "https://*.huggingface.co",
+                                          "https://*.hf.co", "https://models.example.org"]
+    assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
+    assert "'unsafe-inline'" not in " ".join(csp.values())
 
 
 def request(server, path, method="GET", headers=None):
@@ -309,6 +326,26 @@ def test_every_response_is_cross_origin_isolated(served, path):
     assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
     assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
     assert headers["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
+@pytest.mark.parametrize("path", ["/", "/a.mjs", "/models/tiny/unet/model.onnx", "/missing"])
+def test_every_response_carries_the_security_headers(served, path):
+    _, headers, _ = request(served, path)
+    expected = json.loads((served.site_dir / "headers.json").read_text())
+    assert {name: headers.get(name) for name in expected} == expected
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_plain_host_sends_none_of_the_apps_headers(served):
+    plain = serve.make_server(served.site_dir, None, "127.0.0.1", 0, app_headers=False)
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    try:
+        _, headers, body = request(plain, "/")
+        assert body == b"<!doctype html>home"
+        assert not {"Content-Security-Policy", "Cross-Origin-Embedder-Policy"} & set(headers)
+    finally:
+        plain.shutdown()
+        plain.server_close()
 
 
 @pytest.mark.parametrize("path, mime", [

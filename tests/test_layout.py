@@ -20,7 +20,7 @@ STDLIB = set(sys.stdlib_module_names)
 ROOMS = {
     "app.pipeline": ({"app.pipeline", "app.runtime.interface"}, {"numpy"}),
     "app.onnx": ({"app.onnx"}, {"numpy"}),
-    "app.runtime": ({"app.runtime", "app.onnx"}, {"numpy", "onnxruntime", "tokenizers", "js", "pyodide", "ort", "hf_tokenizers"}),
+    "app.runtime": ({"app.runtime", "app.onnx"}, {"numpy", "onnxruntime", "tokenizers", "js", "pyodide", "ort", "hf_tokenizers", "lantern_js"}),
     "app.store": ({"app.store", "app.onnx"}, {"numpy", "PIL", "js", "pyodide"}),
     "app.worker": ({"app", "app.pipeline", "app.runtime", "app.store", "app.worker"}, {"numpy", "js", "pyodide"}),
 }

@@ -53,8 +53,8 @@ class LocalSite:
 
     `down=True` answers every request with 503 and only records it: the network is gone."""
 
-    def __init__(self, site, port=0, isolation_headers=True, down=False):
-        self.httpd = serve.make_server(site, ROOT / "models", "127.0.0.1", port, isolation_headers=isolation_headers)
+    def __init__(self, site, port=0, app_headers=True, down=False):
+        self.httpd = serve.make_server(site, ROOT / "models", "127.0.0.1", port, app_headers=app_headers)
         self.httpd.RequestHandlerClass = Recorder
         self.httpd.requests, self.httpd.connections, self.httpd.down = [], set(), down
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -185,8 +185,8 @@ def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
     context.close()
 
 
-def test_isolated_on_a_host_without_isolation_headers(browser, sites, built):
-    site = sites(built, isolation_headers=False)
+def test_isolated_and_under_the_csp_on_a_host_that_sends_no_headers(browser, sites, built):
+    site = sites(built, app_headers=False)
     context = tiny_by_default(browser.new_context())
     page = context.new_page()
     page.goto(site.url)
@@ -195,6 +195,12 @@ def test_isolated_on_a_host_without_isolation_headers(browser, sites, built):
     wait_ready(page)
     assert page.evaluate("sessionStorage.getItem('lantern.isolation-reload')") is None
     assert page.workers and page.workers[0].evaluate("self.crossOriginIsolated")
+    # ... and under the build's CSP, which only the service worker sent
+    page.evaluate("""() => { window.refused = [];
+        document.addEventListener('securitypolicyviolation', e => refused.push(e.effectiveDirective)); }""")
+    assert page.evaluate("fetch('https://example.org/').then(() => 'fetched', e => e.name)") == "TypeError"
+    page.wait_for_function("window.refused.length > 0")
+    assert page.evaluate("window.refused") == ["connect-src"]
     context.close()
 
 

@@ -3,7 +3,7 @@
 Weights go from OPFS straight into ORT as Blobs; they never enter Pyodide's heap. A model whose
 weights sit in an external-data file is handed to ORT in chunks (File.slice), because one such
 file (the SDXL UNet's 10.3 GB) is larger than a browser ArrayBuffer: see app/onnx/external.py.
-`ort` and `hf_tokenizers` are JS modules registered by the worker.
+`ort`, `hf_tokenizers` and `lantern_js` are JS modules registered by the worker.
 """
 
 import asyncio
@@ -12,7 +12,8 @@ import json
 import hf_tokenizers
 import numpy as np
 import ort
-from js import JSON, BigInt64Array, Float32Array, Function, Int32Array, Object, Uint8Array, Uint16Array
+from js import JSON, BigInt64Array, Float32Array, Int32Array, Object, Uint8Array, Uint16Array
+from lantern_js import tensor_bytes
 from pyodide.ffi import create_once_callable, create_proxy, to_js
 
 from ..onnx.external import split_external_data
@@ -37,13 +38,11 @@ def to_tensor(arr: np.ndarray):
     return ort.Tensor.new(name, data, _js(list(arr.shape)))
 
 
-# A tensor's bytes, taken in JS: Pyodide cannot wrap the Float16Array that holds an fp16 output.
-_tensor_bytes = Function.new("t", "return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)")
 
 
 def from_tensor(tensor) -> np.ndarray:
     dtype = input_spec(tensor.type, None).dtype
-    arr = np.frombuffer(_tensor_bytes(tensor).to_bytes(), dtype=dtype).reshape(tensor.dims.to_py())
+    arr = np.frombuffer(tensor_bytes(tensor).to_bytes(), dtype=dtype).reshape(tensor.dims.to_py())
     tensor.dispose()
     return arr
 
