@@ -10,7 +10,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
-from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, run
+from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, run, tiny_by_default
 from test_browser import PIXEL_TOLERANCE, counter, fill, generate_and_download, press_and_wait, record, recorded, wait_counter
 
 pytestmark = pytest.mark.browser
@@ -178,3 +178,21 @@ def test_without_webgpu_the_page_explains_and_generates_on_wasm(browser_type, se
     expected = to_uint8(run(cpu_pipeline.generate("a lighthouse at dusk, oil painting", 31, 2, 64, 64))).astype(int)
     assert np.abs(img - expected).max() <= PIXEL_TOLERANCE
     browser.close()
+
+
+def test_a_first_visit_in_two_tabs_measures_one_at_a_time_and_installs_the_bench_model_once(browser, server,
+                                                                                             fault_server):
+    fault_server.log.clear()
+    context = tiny_by_default(browser.new_context(service_workers="block"))
+    try:
+        tabs = [context.new_page() for _ in range(2)]
+        for tab in tabs:
+            tab.goto(server)
+        for tab in tabs:
+            wait_counter(tab, "measured", 1, "#tier", timeout=BOOT_TIMEOUT_MS + RUN_TIMEOUT_MS)
+            tier = tab.locator("#tier").text_content()
+            assert tier.startswith("Device tier: ") and "not measured" not in tier, tier
+        unet = [rng for path, rng in fault_server.log if path == "/models/tiny-sdxl-turbo/unet/model.onnx"]
+        assert unet == [None]  # one tab installed it; the other waited for it
+    finally:
+        context.close()

@@ -345,3 +345,27 @@ def test_what_an_earlier_version_a_dropped_model_or_a_closed_tab_left_can_be_fre
     page.get_by_role("button", name="Free it").click()
     expect(page.locator("#models-unlisted")).to_be_hidden()
     assert "gone-model" not in page.evaluate(LIST, "")
+
+
+def test_a_second_tab_follows_an_install_and_cannot_delete_under_it(page, fault_server):
+    remove(page)
+    slow = {"slow": 1.0}  # ~64 s for the file: time for a second tab to open and look
+    fault_server.faults[URL[BIG]] = slow
+    press(page, "Install")
+    page.wait_for_function("() => /Downloading [1-9]/.test(document.getElementById('model-tiny-sdxl-refiner-state').textContent)",
+                           timeout=INSTALL_TIMEOUT_MS)
+    other = page.context.new_page()
+    try:
+        other.goto(page.server)
+        wait_ready(other)
+        wait_message(other, "another tab")  # the install under way is followed, not started again
+        other.once("dialog", lambda d: d.accept())
+        press(other, "Delete model")
+        wait_message(other, "is being installed or checked in another tab of this site")
+        slow["slow"] = 0
+        wait_state(page, "installed")
+        wait_state(other, "installed")  # the follower learns the end once the first tab lets the files go
+        assert requests_for(fault_server, BIG) == [None]  # one download, by the first tab
+        assert "NoModificationAllowed" not in other.locator("body").text_content()
+    finally:
+        other.close()

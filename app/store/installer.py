@@ -14,7 +14,9 @@ state is "not-installed" | "downloading" | "converting" | "partial" | "installed
 """
 
 import asyncio
+import json
 import time
+from contextlib import asynccontextmanager
 
 from .checks import damaged_files, import_file
 from .convert import convert_bundle
@@ -25,10 +27,14 @@ from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, co
                      file_sizes, folder_names, gb, kept_bytes, leftovers, model_folder, models_folder, page_row,
                      partial_bytes, read_json, record_for, stale_imports, storage_problem, storage_text, stored,
                      write_json)
+from .locks import held, model_lock
 from .opfs import remove
 
 STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
 REPORT_SECONDS = 0.25  # progress messages at most this often
+CHANNEL = "lantern-installs"  # every tab's installer tells the others how its installs go
+ELSEWHERE = ("{name} is being installed or checked in another tab of this site. "
+             "Cancel it there, or wait until it ends.")
 
 
 class Installer:
@@ -44,6 +50,8 @@ class Installer:
         self._last_report = 0.0
         self.notice = ""  # the outcome of an import, for the panel
         self.unlisted = []  # [{id, mb}]: folders of models no longer listed (tidy)
+        self.following = set()  # models another tab is installing while this one waits for it
+        self.channel = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -89,6 +97,10 @@ class Installer:
         except Exception:
             pass
         rows = [page_row(m, e, self.status.get(m, {})) for m, e in self.models.items()]
+        if self.channel:
+            owned = {m: self.status[m] for m, task in self.tasks.items() if not task.done() and m not in self.following}
+            if owned:
+                self.channel.postMessage(json.dumps(owned))
         self.post({"type": "models", "models": rows, "storage": storage, "rejected": self.rejected,
                    "notice": self.notice, "unlisted": self.unlisted})
 
@@ -96,6 +108,11 @@ class Installer:
         self.status[model_id].update(message=message, error=True, speed=0, eta_s=-1)
 
     async def start(self):
+        import js
+        from pyodide.ffi import create_proxy
+
+        self.channel = js.BroadcastChannel.new(CHANNEL)
+        self.channel.onmessage = create_proxy(self._on_other_tab)
         await self.tidy()
         for model_id in self.models:
             await self.refresh(model_id)
@@ -147,13 +164,21 @@ class Installer:
             task.cancel()
 
     async def delete(self, model_id):
+        if model_id in self.following:  # another tab's install, which this one keeps following
+            self.fail(model_id, ELSEWHERE.format(name=self.models[model_id]["name"]))
+            await self.report()
+            return
         self.cancel(model_id)
         task = self.tasks.get(model_id)
         if task:
             await asyncio.gather(task, return_exceptions=True)
-        await remove(await models_folder(), model_id, recursive=True)
-        self.status.pop(model_id, None)
-        await self.refresh(model_id)
+        async with held(model_lock(model_id), wait=False) as mine:
+            if mine:
+                await remove(await models_folder(), model_id, recursive=True)
+                self.status.pop(model_id, None)
+            await self.refresh(model_id)
+            if not mine:
+                self.fail(model_id, ELSEWHERE.format(name=self.models[model_id]["name"]))
         await self.report()
 
     def verify(self, model_id):
@@ -170,9 +195,46 @@ class Installer:
         if self.state(model_id) != "installed":
             raise InstallError(self.status[model_id]["message"] or f"{self.models[model_id]['name']} is not installed.")
 
-    # -- install -----------------------------------------------------------------------------------
+    # -- other tabs ----------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _owned(self, model_id):
+        """Hold the model's files for the block. While another tab installs it, this one shows that tab's
+        progress and waits; if that tab stops first (closed, cancelled, failed), this one carries on."""
+        lock = model_lock(model_id)
+        async with held(lock, wait=False) as mine:
+            if mine:
+                yield
+                return
+        self.following.add(model_id)
+        self.status[model_id].update(state="downloading", error=False, message="Being installed in another tab…")
+        await self.report()
+        try:
+            async with held(lock):
+                self.following.discard(model_id)
+                yield
+        finally:
+            self.following.discard(model_id)
+
+    def _on_other_tab(self, event):
+        for model_id, status in json.loads(event.data).items():
+            if model_id in self.following and not self.status[model_id]["error"]:
+                self.status[model_id].update({k: status[k] for k in ("state", "done", "speed", "eta_s")},
+                                             message=f"In another tab: {status['message']}", error=False)
+                asyncio.ensure_future(self.report(force=False))
 
     async def _install(self, model_id, stall_s):
+        if model_id not in self.status:
+            await self.refresh(model_id)
+        try:
+            async with self._owned(model_id):
+                await self._install_owned(model_id, stall_s)
+        except asyncio.CancelledError:  # while following another tab (an owned install ends in _install_owned)
+            await self.refresh(model_id)
+            self.status[model_id]["message"] = "Cancelled in this tab; the other tab goes on installing it."
+            await self.report()
+
+    async def _install_owned(self, model_id, stall_s):
         entry = self.models[model_id]
         name = entry["name"]
         try:
@@ -278,6 +340,14 @@ class Installer:
     # -- verify ----------------------------------------------------------------------------------
 
     async def _verify(self, model_id):
+        async with held(model_lock(model_id), wait=False) as mine:
+            if mine:
+                return await self._verify_owned(model_id)
+        await self.refresh(model_id)
+        self.fail(model_id, ELSEWHERE.format(name=self.models[model_id]["name"]))
+        await self.report()
+
+    async def _verify_owned(self, model_id):
         entry = self.models[model_id]
         try:
             folder, sizes, record = await self.refresh(model_id)

@@ -194,4 +194,5 @@ def storage_text(error: Exception) -> str:
     return {
         "full": "the browser's storage for this site is full. Delete a model or gallery images, then Install resumes.",
         "denied": "this browser does not let the page keep files (private browsing?), so models cannot be installed.",
+        "busy": "another tab of this site is writing these files. Try again once it is done.",
     }.get(storage_failure(error), str(error))

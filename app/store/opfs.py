@@ -23,10 +23,13 @@ def js_bytes(data: bytes):
 
 
 def storage_failure(error: Exception) -> str | None:
-    """"full" (over the site's quota), "denied" (no OPFS here: private browsing, policy) or None (other)."""
+    """"full" (over the site's quota), "denied" (no OPFS here: private browsing, policy), "busy" (a file
+    another tab of the site has open for writing) or None (other)."""
     text = f"{type(error).__name__}: {error}"
     if "QuotaExceeded" in text:
         return "full"
+    if "NoModificationAllowed" in text:
+        return "busy"
     if "SecurityError" in text or "getDirectory" in text:
         return "denied"
     return None

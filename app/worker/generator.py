@@ -12,6 +12,7 @@ from ..pipeline.refiner import SDXLRefiner
 from ..pipeline.turbo import SDXLTurbo
 from ..runtime.web import DEFAULT_CHUNK_BYTES, DeviceLost, GpuOutOfMemory, WebRuntime
 from ..store import gallery
+from ..store.locks import BENCH_LOCK, held
 from ..store.manifest import bundle_sha256
 from ..store.png import encode_png
 from .bench import bench
@@ -166,9 +167,10 @@ class Generator:
     async def bench(self, job_id):
         """Time the bundled bench model on this device; tier presets for every usable model."""
         model_id = next(m for m, e in self.models.items() if e.get("bench"))
-        await self.installer.ensure(model_id)  # the small calibration model is installed on first use
-        pipe = await self.pipeline(model_id, None)
-        result = await bench(pipe)
+        async with held(BENCH_LOCK):  # one tab measures at a time: two at once would slow each other's figures
+            await self.installer.ensure(model_id)  # the small calibration model is installed on first use
+            pipe = await self.pipeline(model_id, None)
+            result = await bench(pipe)
         tier = result["tier"]
         result["presets"] = {
             m: {"resolution": "{}x{}".format(*default_resolution(e, tier)), "steps": PRESETS[tier].steps,
