@@ -3,7 +3,9 @@
 from pyscript import document, window
 from pyscript.ffi import create_proxy, to_js
 
-worker = {"current": None, "generation": 0, "on_message": None, "next_id": 1}
+worker = {"current": None, "generation": 0, "on_message": None, "next_id": 1, "used": False}
+# Messages that mean the visitor has started something on this page: a new build then asks before reloading.
+USES = ("generate", "refine", "install", "model-import", "model-delete", "model-verify")
 kept = []  # the proxies JS holds (made once, at setup)
 
 
@@ -74,4 +76,5 @@ def replace_worker():
 
 
 def send(message):
+    worker["used"] = worker["used"] or message["type"] in USES
     worker["current"].postMessage(to_js(message))

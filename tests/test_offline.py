@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import BOOT_TIMEOUT_MS, ROOT, RUN_TIMEOUT_MS, SITE, tiny_by_default
-from test_browser import wait_counter
+from test_browser import counter, fill, wait_counter
 
 sys.path.insert(0, str(ROOT))
 import build  # noqa: E402
@@ -106,6 +106,17 @@ def wait_controlled(page):
     page.wait_for_function("navigator.serviceWorker.controller?.state === 'activated'", timeout=BOOT_TIMEOUT_MS)
 
 
+def rebuilt(site: Path, tmp_path: Path) -> Path:
+    """A copy of the site as the next build: its index.html holds <meta name="build-check">."""
+    new_site = tmp_path / "site"
+    shutil.copytree(site, new_site)
+    index = new_site / "index.html"
+    index.write_text(index.read_text().replace("<head>", '<head>\n  <meta name="build-check" content="new">'))
+    files = {p.relative_to(new_site).as_posix(): p.read_bytes() for p in new_site.rglob("*") if p.is_file()}
+    (new_site / "sw.js").write_bytes(build.service_worker(files, (ROOT / "static" / "sw.js").read_bytes()))
+    return new_site
+
+
 CACHES = """async () => {
   const out = {};
   for (const name of await caches.keys()) {
@@ -163,12 +174,7 @@ def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
     wait_ready(page)
     wait_counter(page, "measured", 1, "#tier")
 
-    new_site = tmp_path / "site"
-    shutil.copytree(built, new_site)
-    index = new_site / "index.html"
-    index.write_text(index.read_text().replace("<head>", '<head>\n  <meta name="build-check" content="new">'))
-    files = {p.relative_to(new_site).as_posix(): p.read_bytes() for p in new_site.rglob("*") if p.is_file()}
-    (new_site / "sw.js").write_bytes(build.service_worker(files, (ROOT / "static" / "sw.js").read_bytes()))
+    new_site = rebuilt(built, tmp_path)
     new = precache_of(new_site)
     assert new["version"] != old["version"]
 
@@ -181,6 +187,38 @@ def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
     assert page.evaluate(CACHES) == {f"lantern-{new['version']}": sorted(new["files"])}
     # unchanged files were copied from the old cache: only sw.js and the changed index.html were fetched
     assert set(p for p in second.requests if not p.startswith("/models/")) <= {UPDATE_CHECK, "/index.html"}
+    wait_ready(page)
+    context.close()
+
+
+def test_a_new_build_never_interrupts_a_page_in_use(browser, sites, built, tmp_path):
+    """A run under way when a new build takes over ends on the page that started it; the page then offers
+    the new version instead of reloading under the visitor's results."""
+    first = sites(built)
+    context = tiny_by_default(browser.new_context())
+    page = context.new_page()
+    page.goto(first.url)
+    wait_controlled(page)
+    wait_ready(page)
+    wait_counter(page, "measured", 1, "#tier")
+    page.evaluate("window.loadedOnce = true")  # gone if the page reloads
+    fill(page, steps="4")
+    page.get_by_label("Images").fill("3")
+    finished = counter(page, "finished")
+    page.get_by_role("button", name="Generate").click()
+    wait_counter(page, "steps", counter(page, "steps") + 1)
+
+    new_site = rebuilt(built, tmp_path)
+    first.stop()
+    sites(new_site, port=first.port)
+    page.evaluate("navigator.serviceWorker.getRegistration().then((r) => r.update())")
+    expect(page.get_by_role("button", name="Reload now")).to_be_visible(timeout=BOOT_TIMEOUT_MS)
+    wait_counter(page, "finished", finished + 1)
+    expect(page.get_by_role("status").filter(has_text="Done.")).to_have_count(1)
+    expect(page.locator("#grid img")).to_have_count(3)
+    assert page.evaluate("window.loadedOnce") is True
+    page.get_by_role("button", name="Reload now").click()
+    expect(page.locator('meta[name="build-check"]')).to_have_count(1, timeout=BOOT_TIMEOUT_MS)
     wait_ready(page)
     context.close()
 
