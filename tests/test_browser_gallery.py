@@ -232,6 +232,38 @@ def test_a_png_from_elsewhere_is_refused_politely(page, saved):
     expect(page.get_by_role("alert")).to_have_text("This file is not a PNG image, so it has no settings to restore.")
 
 
+HUGE_PROMPT_DROP = """(mb) => {  // a PNG carrying a prompt of `mb` MB (its CRCs are not checked by a reader)
+    const enc = new TextEncoder(), parts = [new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10])];
+    const chunk = (kind, body) => {
+        const head = new Uint8Array(8);
+        new DataView(head.buffer).setUint32(0, body.length);
+        head.set(enc.encode(kind), 4);
+        parts.push(head, body, new Uint8Array(4));
+    };
+    chunk("IHDR", new Uint8Array([0, 0, 4, 0, 0, 0, 4, 0, 8, 2, 0, 0, 0]));
+    chunk("tEXt", enc.encode('lantern\\0{"prompt": "' + "x".repeat(mb * 1e6) + '"}'));
+    chunk("IEND", new Uint8Array(0));
+    const data = new DataTransfer();
+    data.items.add(new File(parts, "huge-prompt.png", {type: "image/png"}));
+    for (const type of ["dragenter", "dragover", "drop"])
+        document.body.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+}"""
+
+
+def test_a_png_larger_than_lantern_writes_is_refused_without_freezing_the_page(page, saved):
+    scramble(page)
+    before = controls(page)
+    page.evaluate(HUGE_PROMPT_DROP, 19.5)  # reading it once froze the page for minutes
+    expect(page.get_by_role("alert")).to_have_text(re.compile(
+        r"^This PNG's Lantern settings are larger than any Lantern writes \(its text is 18\.6 MiB\)"))
+    header = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + (13000).to_bytes(4, "big") * 2 + bytes(9)
+    assert page.evaluate(DROP, [list(header + bytes(12)), "huge.png"])
+    expect(page.get_by_role("alert")).to_have_text(
+        "This image is larger than any Lantern makes (13000×13000 pixels), so its settings were not read.")
+    assert controls(page) == before
+    make(page, dict(prompt="still responsive", seed="3", steps="1", resolution="64x64"))
+
+
 def test_prompts_with_markup_are_shown_as_text_everywhere(page, saved):
     prompt = f"tag test {MARKUP}"
     make(page, dict(prompt=prompt, seed="5", steps="1", resolution="64x64"))

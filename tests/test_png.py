@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from app.store.gallery import settings_from_png
-from app.store.png import SIGNATURE, TextTooLong, encode_png, read_parameters
+from app.store.png import SIGNATURE, TextTooLong, TooLarge, encode_png, read_parameters
 
 
 def test_png_carries_parameters_and_is_deterministic():
@@ -29,8 +29,8 @@ def chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
 
-def made_png(*chunks, width=13000, height=13000) -> bytes:
-    """A PNG that claims a huge image (its pixel data is not even valid): reading its text must not care."""
+def made_png(*chunks, width=1024, height=1024) -> bytes:
+    """A PNG whose pixel data is not even valid: reading its text must not care."""
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
     return SIGNATURE + chunk(b"IHDR", ihdr) + b"".join(chunks) + chunk(b"IDAT", b"not pixels") + chunk(b"IEND", b"")
 
@@ -52,3 +52,14 @@ def test_parameters_larger_than_lantern_writes_are_refused_unread():
         read_parameters(made_png(chunk(b"iTXt", bomb)))
     settings, message = settings_from_png(made_png(chunk(b"tEXt", huge)))
     assert settings is None and message.startswith("This PNG's Lantern settings are larger than any Lantern writes")
+
+
+def test_images_larger_or_longer_than_lantern_makes_are_refused_unread():
+    text = chunk(b"tEXt", b"lantern\0" + json.dumps({"prompt": "a cat"}).encode())
+    with pytest.raises(TooLarge, match="13000×13000"):
+        read_parameters(made_png(text, width=13000, height=13000))
+    frames = chunk(b"acTL", (800_000).to_bytes(4, "big") + (0).to_bytes(4, "big"))  # an APNG under the drop limit
+    settings, message = settings_from_png(made_png(frames, text))
+    assert settings is None
+    assert message == "This image is larger than any Lantern makes (an animation of 800,000 frames), so its settings were not read."
+    assert read_parameters(made_png(text, width=4096, height=4096)) == {"prompt": "a cat"}  # the largest allowed

@@ -35,7 +35,7 @@ import traceback
 from PIL import Image
 
 from .opfs import js_bytes, options, remove, storage_failure
-from .png import TextTooLong, read_parameters
+from .png import TextTooLong, TooLarge, read_parameters
 
 FOLDER = "gallery"
 THUMB_SIZE = 128
@@ -141,6 +141,8 @@ def settings_from_png(data: bytes):
         parameters = read_parameters(data)
     except TextTooLong as e:
         return None, f"This PNG's Lantern settings are larger than any Lantern writes ({e}), so they were not read."
+    except TooLarge as e:
+        return None, f"This image is larger than any Lantern makes ({e}), so its settings were not read."
     except (json.JSONDecodeError, UnicodeDecodeError):  # the chunk is there but its text is broken
         return None, DAMAGED
     except Exception:  # Pillow reports broken files as OSError, SyntaxError, ValueError...
