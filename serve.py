@@ -195,10 +195,13 @@ class SiteHandler(BaseHTTPRequestHandler):
         with file:
             self.send_file(file, target, send_body)
 
+    def etag(self, stat) -> str:
+        return f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+
     def send_file(self, file, path: Path, send_body: bool):
         stat = os.fstat(file.fileno())
         size = stat.st_size
-        etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
+        etag = self.etag(stat)
         headers = {
             "Content-Type": mime_type(path),
             "Accept-Ranges": "bytes",

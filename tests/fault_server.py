@@ -8,6 +8,8 @@ faults[path] = {
     "stall_after": n,         send bytes up to absolute offset n, then go silent until `release` is set
     "corrupt_at": n,          flip the bits of the byte at absolute offset n
     "slow": seconds,          pause this long after every 64 KiB
+    "replaced": n,            the first answer is an old version of the file (byte n differs, another ETag)
+                              and is cut after n + 1 MiB; later answers are the file as it is now
 }
 
 Its CSP also asks the browser to report every violation to CSP_REPORTS; they are kept in
@@ -58,8 +60,15 @@ class FaultHandler(serve.SiteHandler):
         if fault.get("refuse_range") and self.headers.get("Range"):
             self.send_empty(416, {"Content-Range": "bytes */0"})
             return
+        if fault.get("replaced") is not None:
+            at = fault["replaced"]
+            self.server.faults[path] = {}  # later requests: the file as it is now
+            fault = {"corrupt_at": at, "drop_after": at + (1 << 20), "old_etag": True}
         self.fault = fault
         super().serve(send_body)
+
+    def etag(self, stat):
+        return '"old-version"' if getattr(self, "fault", {}).get("old_etag") else super().etag(stat)
 
     def copy(self, file, start, length):
         fault = getattr(self, "fault", {})

@@ -153,6 +153,16 @@ def test_a_web_page_served_for_a_model_file_is_not_kept(page, fault_server):
     assert requests_for(fault_server, BIG) == [None]  # from the first byte: nothing of the page was kept
 
 
+def test_a_file_replaced_on_the_server_mid_download_is_not_spliced_onto_the_old_bytes(page, fault_server):
+    """The first answer is an older version of the file, cut short; its resume asks If-Range, and the server,
+    whose file changed since, answers with the whole new file instead of its tail (which would have been
+    spliced onto the old bytes and failed the sha256)."""
+    remove(page)
+    fault_server.faults[URL[BIG]] = {"replaced": 100_000}
+    install_ok(page)
+    assert requests_for(fault_server, BIG) == [None, f"bytes={100_000 + (1 << 20)}-"]
+
+
 def test_reload_mid_download_resumes_and_shows_speed_and_time_left(page, fault_server):
     remove(page)
     fault_server.faults[URL[BIG]] = {"slow": 0.25}  # ~16 s for the file

@@ -1,6 +1,8 @@
 """One file of a bundle from the network into OPFS: streamed into a partial file, hashed while it is
-written, resumed with HTTP Range after a dropped connection or a stall, committed under its digest
-only when its sha256 matches."""
+written, resumed with HTTP Range after a dropped connection or a stall (only if the file is still the
+version its first bytes came from: If-Range on the site's own files, a compared ETag on a model host's,
+where If-Range would add a CORS preflight to every resume), committed under its digest only when its
+sha256 matches."""
 
 import asyncio
 import re
@@ -18,6 +20,12 @@ def content_range_start(header) -> int | None:
     """The first byte of a 206 answer ("bytes 100-199/1000"), or None when unreadable."""
     m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (header or "").strip())
     return int(m.group(1)) if m else None
+
+
+def strong_etag(response) -> str | None:
+    """The answer's ETag if it can stand for these exact bytes (a weak W/ one cannot), and a page may read it."""
+    tag = response.headers.get("ETag")
+    return tag if tag and not tag.startswith("W/") else None
 
 
 def http_problem(status: int, url: str) -> str:
@@ -74,6 +82,7 @@ class Partial:
         self.access = access
         self.have = 0
         self.hasher = Hasher()
+        self.version = None  # the strong ETag of the answer its bytes came from, once known
 
     async def append(self, chunk):
         n = int(chunk.byteLength)
@@ -98,7 +107,7 @@ class Partial:
     def restart(self):
         self.access.truncate(0)
         self.hasher.close()
-        self.have, self.hasher = 0, Hasher()
+        self.have, self.hasher, self.version = 0, Hasher(), None
 
     def close(self):
         self.hasher.close()
@@ -151,6 +160,9 @@ async def fetch_into(part, url, f, stall_s, on_bytes):
 
     controller = js.AbortController.new()
     headers = {"Range": f"bytes={part.have}-"} if part.have else {}
+    same_origin = js.URL.new(url).origin == js.location.origin
+    if part.have and part.version and same_origin:
+        headers["If-Range"] = part.version  # a changed file comes back whole (200), not spliced on
     request = js.fetch(url, options(headers=options(**headers), signal=controller.signal, cache="no-store"))
     try:
         response = await asyncio.wait_for(asyncio.ensure_future(request), stall_s)
@@ -164,6 +176,10 @@ async def fetch_into(part, url, f, stall_s, on_bytes):
         if content_range_start(response.headers.get("Content-Range")) != part.have:
             controller.abort()
             raise InstallError(f"the server answered a resume of {f['path']} with the wrong bytes.")
+        if part.version and strong_etag(response) not in (None, part.version):
+            controller.abort()
+            part.restart()
+            raise OSError("the file changed on the server since its first bytes; starting it again")
     elif status == 416:
         part.restart()
         raise InstallError(http_problem(status, url))
@@ -176,6 +192,8 @@ async def fetch_into(part, url, f, stall_s, on_bytes):
         controller.abort()  # a login, error or captive-portal page answered for the file: keep none of it
         raise InstallError(f"the server sent a web page instead of {f['path']}, so none of it was kept. "
                            "Check the connection (a sign-in page?) and Install again.")
+    if not part.have:
+        part.version = strong_etag(response)
     reader = response.body.getReader()
     try:
         while True:
