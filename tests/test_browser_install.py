@@ -357,6 +357,23 @@ def test_what_an_earlier_version_a_dropped_model_or_a_closed_tab_left_can_be_fre
     assert "gone-model" not in page.evaluate(LIST, "")
 
 
+def test_an_earlier_versions_files_do_not_count_against_the_space_an_install_needs(page):
+    """On a tight quota, 40 MB an earlier version left would block a 7.3 MB install if they were counted as
+    staying; Install frees them first."""
+    remove(page)
+    page.evaluate(LEAVE, [MODEL, "f" * 64, 40 * 2**20])
+    usage = page.evaluate("navigator.storage.estimate().then(e => e.usage)")
+    cdp = page.context.new_cdp_session(page)
+    origin = page.evaluate("location.origin")
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": origin, "quotaSize": usage + 4 * 2**20})
+    try:
+        install_ok(page)
+        assert page.evaluate(LIST, MODEL).count("f" * 64) == 0
+    finally:
+        cdp.send("Storage.overrideQuotaForOrigin", {"origin": origin})
+        cdp.detach()
+
+
 def test_a_second_tab_follows_an_install_and_cannot_delete_under_it(page, fault_server):
     remove(page)
     slow = {"slow": 1.0}  # ~64 s for the file: time for a second tab to open and look

@@ -29,7 +29,8 @@ def test_the_reserve_for_converted_files_doubles_the_sources_only():
 
 
 def test_leftovers_are_what_belongs_neither_to_the_download_nor_to_the_conversion():
-    names = list(ALL) + [RECORD, WANTED, "e" * 64, "unet-data" + PARTIAL, SOURCE["sha256"] + PARTIAL]
+    names = list(ALL) + [RECORD, WANTED, "e" * 64, "unet-data" + PARTIAL, SOURCE["sha256"] + PARTIAL,
+                         f"import-{10**18}{PARTIAL}"]  # an import being copied in: not the install's to remove
     assert leftovers(ENTRY, names, RECORDED) == sorted(["e" * 64, "unet-data" + PARTIAL])
     assert "c" * 64 in leftovers(ENTRY, names)  # without the record, converted files are not known
 

@@ -244,10 +244,14 @@ class Installer:
                 await remove(folder, WANTED)
                 return
             folder = folder or await model_folder(model_id)
-            await self._check_space(entry, sizes)
             if unresolved(self.models[model_id]):
                 await self._ask_host(model_id, folder)
                 folder, sizes, _ = await self.refresh(model_id)
+            # An earlier version's files go first (every hash is known now): the space check counts what stays.
+            for stale in leftovers(self.models[model_id], sizes, await read_json(folder, RECORD)):
+                await remove(folder, stale)
+                sizes.pop(stale)
+            await self._check_space(self.models[model_id], sizes)
             await write_json(folder, WANTED, {"variant": entry.get("variant")})
             await remove(folder, RECORD)  # installed again only once every file is verified
             self.status[model_id].update(state="downloading")

@@ -75,10 +75,11 @@ def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
 
 
 def leftovers(entry: dict, names, record=None) -> list[str]:
-    """Files in a model's folder that no longer belong to it (an older version's, a stray partial)."""
+    """Files in a model's folder that no longer belong to it (an older version's, a stray partial); an import's
+    copy in progress is not one (stale_imports finds those a closed tab left)."""
     own = [f["sha256"] for f in entry["files"] + converted_files(record) if f["sha256"]]
     keep = {RECORD, WANTED, HOST_HASHES} | set(own) | {n + PARTIAL for n in own}
-    return sorted(n for n in names if n not in keep)
+    return sorted(n for n in names if n not in keep and not n.startswith("import-"))
 
 
 IMPORT_GRACE_NS = 3600 * 10**9  # an import's partial copy older than this is one a closed tab left behind
