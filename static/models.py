@@ -123,8 +123,11 @@ def on_message(msg):
     storage = msg.storage
     kept_text = ("kept until you delete it" if storage.persisted
                  else "the browser may clear it if the disk runs low")
+    images = storage.gallery_images
     el("models-storage").textContent = (f"Storage: {size_text(storage.usage_mb)} used of {size_text(storage.quota_mb)} "
-                                        f"available to this site ({kept_text}).")
+                                        f"available to this site ({kept_text}): models {size_text(storage.models_mb)}, "
+                                        f"gallery {images} image{'' if images == 1 else 's'} "
+                                        f"{size_text(storage.gallery_mb)} (delete images in the Gallery to free it).")
     unlisted = [msg.unlisted[i] for i in range(msg.unlisted.length)]
     if unlisted:
         kept = sum(u.mb for u in unlisted)

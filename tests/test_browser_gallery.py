@@ -296,6 +296,7 @@ def test_delete_asks_first_and_cancelling_keeps_the_image(page, saved):
             dialog.accept() if accept else dialog.dismiss()
         return on_dialog
 
+    expect(page.locator("#models-storage")).to_contain_text(f"gallery {count} images ")
     page.once("dialog", answer(False))
     item(page, FIRST["prompt"]).get_by_role("button", name="Delete").click()
     settle(page)
@@ -305,6 +306,8 @@ def test_delete_asks_first_and_cancelling_keeps_the_image(page, saved):
     expect(items(page)).to_have_count(count - 1)
     expect(item(page, FIRST["prompt"])).to_have_count(0)
     assert questions == ["Delete this image from the gallery?"] * 2
+    # the Models panel's storage line counts the gallery, and the delete freed its share
+    expect(page.locator("#models-storage")).to_contain_text(f"gallery {count - 1} image{'' if count == 2 else 's'} ")
     settle(page)  # gone from storage too, not just from the page
     expect(items(page)).to_have_count(count - 1)
     expect(item(page, FIRST["prompt"])).to_have_count(0)

@@ -245,6 +245,18 @@ async def _records_in(folder):
     return records
 
 
+async def usage() -> dict:
+    """What the gallery keeps: {"images": n, "mb": size of every file in its folder, in MB}."""
+    folder, images, size = await _folder(), 0, 0
+    for name in await _names(folder):
+        images += name.endswith(".json")
+        try:
+            size += int((await (await folder.getFileHandle(name)).getFile()).size)
+        except Exception:  # removed meanwhile (a delete in another tab)
+            pass
+    return {"images": images, "mb": size / 1e6}
+
+
 async def _thumb(folder, key):
     if key not in _thumbs:
         _thumbs[key] = await _read(folder, key + ".thumb.png")

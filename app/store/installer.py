@@ -6,7 +6,8 @@ Page -> worker:  {type: "install", model, stall_s?}  {type: "install-cancel", mo
                  {type: "model-delete", model}      {type: "model-verify", model}
                  {type: "model-import", files: [File]}  {type: "models-free-unlisted"}
 Worker -> page:  {type: "models", models: [{id, name, state, done_mb, total_mb, speed_mbps, eta_s, message, error}],
-                  storage: {usage_mb, quota_mb, persisted}, rejected: [messages], notice,
+                  storage: {usage_mb, quota_mb, persisted, models_mb, gallery_images, gallery_mb},
+                  rejected: [messages], notice,
                   unlisted: [{id, mb}] (folders of models no longer listed)}
 Sizes cross in MB (floats): the page's MicroPython reads JS integers above 2**31 as negative.
 state is "not-installed" | "downloading" | "converting" | "partial" | "installed" | "damaged" | "verifying" |
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from .checks import damaged_files, import_file
 from .convert import convert_bundle
 from .download import Mismatch, Rate, download
+from .gallery import usage as gallery_usage
 from .hasher import HashError
 from .hub import ask_host, fetch_json, unresolved, with_host_hashes
 from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, converted_files,
@@ -52,6 +54,7 @@ class Installer:
         self.unlisted = []  # [{id, mb}]: folders of models no longer listed (tidy)
         self.following = set()  # models another tab is installing while this one waits for it
         self.channel = None
+        self.gallery = None  # {images, mb}: what the gallery keeps, for the storage line
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -96,6 +99,14 @@ class Installer:
                            persisted=bool(await js.navigator.storage.persisted()))
         except Exception:
             pass
+        if force or self.gallery is None:  # progress reports reuse the last figure: listing costs a call per file
+            try:
+                self.gallery = await gallery_usage()
+            except Exception:
+                self.gallery = {"images": 0, "mb": 0}
+        storage.update(models_mb=(sum(s.get("kept", 0) for s in self.status.values()) / 1e6
+                                  + sum(u["mb"] for u in self.unlisted)),
+                       gallery_images=self.gallery["images"], gallery_mb=self.gallery["mb"])
         rows = [page_row(m, e, self.status.get(m, {})) for m, e in self.models.items()]
         if self.channel:
             owned = {m: self.status[m] for m, task in self.tasks.items() if not task.done() and m not in self.following}
