@@ -162,18 +162,23 @@ def test_second_visit_boots_with_the_server_gone(browser, sites, built):
     context.close()
 
 
-def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
-    old = precache_of(built)
-    first = sites(built)
+def first_visit(browser, sites, built):
+    """A first visit to a served copy of `built`, until a service worker controls it and the visit is done
+    (boot, first-visit bench): no request of the page's own (still uncontrolled) worker may then reach a
+    server that replaces this one on the same port. Returns (site, context, page)."""
+    site = sites(built)
     context = tiny_by_default(browser.new_context())
     page = context.new_page()
-    page.goto(first.url)
+    page.goto(site.url)
     wait_controlled(page)
-    # ... and done with its first visit (boot, first-visit bench): no request of the old page's own
-    # (still uncontrolled) worker may reach the server that replaces this one on the same port
     wait_ready(page)
     wait_counter(page, "measured", 1, "#tier")
+    return site, context, page
 
+
+def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
+    old = precache_of(built)
+    first, context, page = first_visit(browser, sites, built)
     new_site = rebuilt(built, tmp_path)
     new = precache_of(new_site)
     assert new["version"] != old["version"]
@@ -194,13 +199,7 @@ def test_a_new_build_replaces_the_cache(browser, sites, built, tmp_path):
 def test_a_new_build_never_interrupts_a_page_in_use(browser, sites, built, tmp_path):
     """A run under way when a new build takes over ends on the page that started it; the page then offers
     the new version instead of reloading under the visitor's results."""
-    first = sites(built)
-    context = tiny_by_default(browser.new_context())
-    page = context.new_page()
-    page.goto(first.url)
-    wait_controlled(page)
-    wait_ready(page)
-    wait_counter(page, "measured", 1, "#tier")
+    first, context, page = first_visit(browser, sites, built)
     page.evaluate("window.loadedOnce = true")  # gone if the page reloads
     fill(page, steps="4")
     page.get_by_label("Images").fill("3")
