@@ -12,6 +12,7 @@ from runs import retry, submit
 HISTORY_KEY = "lantern.history"
 MODEL_KEY = "lantern.model"
 HISTORY_SIZE = 50
+HISTORY_PROMPT_CHARS = 2000  # longer prompts are refused by the worker (app/worker/params.py): not kept
 
 models = {}  # id -> {"defaults", "resolutions", "unsuitable", "pipeline"} from the worker's "ready" message
 touched = {"any": False}  # the visitor changed steps, resolution or previews: presets leave them alone
@@ -36,12 +37,15 @@ def fill_resolutions(model_id, resolution=None, steps=None):
 
 def remember_prompt(prompt):
     prompt = prompt.strip()
-    if not prompt:
+    if not prompt or len(prompt) > HISTORY_PROMPT_CHARS:
         return
     stored = window.localStorage.getItem(HISTORY_KEY)
     history = [p for p in (json.loads(stored) if stored else []) if p != prompt]
     history = [prompt] + history[: HISTORY_SIZE - 1]
-    window.localStorage.setItem(HISTORY_KEY, json.dumps(history))
+    try:
+        window.localStorage.setItem(HISTORY_KEY, json.dumps(history))
+    except Exception:  # storage full or blocked: the list below still shows this visit's prompts
+        pass
     render_history(history)
 
 

@@ -213,6 +213,7 @@ def test_cancel_stops_the_run_and_the_next_one_succeeds(app):
 
 @pytest.mark.parametrize("field, message", [
     ({"prompt": "   "}, "Please enter a prompt"),
+    ({"prompt": "x" * 20_000}, "The prompt is 20,000 characters long; Lantern takes up to 2,000"),
     ({"steps": "7"}, "Steps must be between 1 and 4"),
     ({"steps": "0"}, "Steps must be between 1 and 4"),
     ({"seed": "abc"}, "Seed must be a whole number"),

@@ -13,6 +13,7 @@ def test_a_good_request_is_parsed():
 
 @pytest.mark.parametrize("field, value, message", [
     ("prompt", "   ", "Please enter a prompt"),
+    ("prompt", "a cat " * 400, "The prompt is 2,399 characters long; Lantern takes up to 2,000"),
     ("seed", "abc", "Seed must be a whole number"),
     ("seed", "1.5", "Seed must be a whole number"),
     ("seed", "²", "Seed must be a whole number"),  # a digit to str.isdigit(), not to int()

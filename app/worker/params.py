@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 from ..pipeline.seeds import MAX_SEED
 
 MIN_STEPS, MAX_STEPS = 1, 4
+# The text encoders read 77 tokens (about 300 characters of English) and cut the rest; a prompt many times
+# that is a paste gone wrong, not something a person means.
+MAX_PROMPT_CHARS = 2000
 
 
 class InputError(ValueError):
@@ -52,6 +55,9 @@ def parse_request(raw: dict, models: dict) -> Request:
     prompt = str(raw.get("prompt") or "").strip()
     if not prompt:
         raise InputError("Please enter a prompt describing the image you want.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"The prompt is {len(prompt):,} characters long; Lantern takes up to {MAX_PROMPT_CHARS:,} "
+                         "(and the model reads only about the first 300). Shorten it.")
     seed = _integer(raw.get("seed", ""), "Seed")
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"Seed must be between 0 and {MAX_SEED}.")
