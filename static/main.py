@@ -12,7 +12,7 @@ import models_ui
 import offline
 import result
 import runs
-from page import el, listen, send, set_status, show_error, start_worker, worker
+from page import el, guarded, listen, send, set_status, show_error, start_worker, worker
 
 
 def on_ready(msg):
@@ -53,13 +53,14 @@ def on_error(msg):
         device.on_bench_failed(msg)
     else:
         runs.on_error(msg)
+        result.show_last()
 
 
 HANDLERS = {
     "ready": on_ready, "progress": runs.on_progress, "checkpoint": runs.on_checkpoint,
     "queued": lambda msg: set_status(f"Queued: {msg.ahead} ahead of this one…"),
     "preview": result.on_preview, "result": result.on_result, "png": result.on_png, "bench": device.on_bench,
-    "cancelled": lambda msg: runs.finish(msg.id, "Cancelled."), "error": on_error, "models": models_ui.on_message,
+    "cancelled": result.on_cancelled, "error": on_error, "models": models_ui.on_message,
 }
 
 
@@ -73,7 +74,7 @@ def on_message(event):
 
 
 offline.start()
-start_worker(create_proxy(on_message))
+start_worker(create_proxy(guarded(on_message)))
 gallery_ui.setup(send, form.apply_settings)
 models_ui.setup(send)
 for id, handler in (("generate", form.generate), ("cancel", runs.cancel), ("retry", form.retry_run),

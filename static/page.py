@@ -24,8 +24,21 @@ def make(tag, parent=None, text=None, **attributes):
     return node
 
 
+def guarded(fn):
+    """`fn` behind the page's one error boundary: an exception in a handler never reaches the page as a
+    traceback; the visitor gets a sentence where errors are shown, the details go to the console."""
+    def run(*args):
+        try:
+            return fn(*args)
+        except Exception as error:
+            window.console.error("Lantern page error:", repr(error))
+            show_error("Something on this page went wrong, so the last action did not finish. "
+                       "Try it again; reloading the page clears it if it keeps happening.")
+    return run
+
+
 def listen(node, kind, fn, options=None):
-    proxy = create_proxy(fn)
+    proxy = create_proxy(guarded(fn))
     kept.append(proxy)
     if options is None:
         node.addEventListener(kind, proxy)

@@ -1,14 +1,16 @@
 # The result area (MicroPython): live previews on a canvas, the finished image with its caption,
 # the batch grid, Download and Refine.
 from pyscript import document, window
-from pyscript.ffi import create_proxy, to_js
+from pyscript.ffi import to_js
 
 import gallery_ui
-from page import el, set_status
+from page import el, listen, set_status
 from runs import finish, jobs, submit
 
 results = {}  # id -> {"url", "filename", "parameters", "timing", "latents"?} for the images of the current batch
-shown = {"selected": None, "timing": {}}
+# "stale": a new batch was asked for; the last one's images stay (and stay downloadable) until its first
+# image arrives, so a run that is refused, fails or is cancelled leaves the last finished image as it was.
+shown = {"selected": None, "timing": {}, "stale": False}
 
 
 def draw(bitmap):
@@ -62,6 +64,8 @@ def show_result(job_id):
 
 
 def on_png(msg):
+    if shown["stale"]:
+        drop_results()
     p = msg.parameters
     blob = window.Blob.new(to_js([msg.png]), to_js({"type": "image/png"}))
     results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename,
@@ -86,15 +90,36 @@ def add_to_grid(job_id):
     thumb.src = results[job_id]["url"]
     thumb.alt = ""
     button.appendChild(thumb)
-    button.addEventListener("click", create_proxy(lambda event: show_result(job_id)))
+    listen(button, "click", lambda event: show_result(job_id))
     grid.appendChild(button)
 
 
 def clear_results():
+    """A new batch is on its way: the current images give way when its first one arrives."""
+    shown["stale"] = True
+
+
+def drop_results():
     for r in results.values():
         window.URL.revokeObjectURL(r["url"])
     results.clear()
+    shown.update(selected=None, stale=False)
     el("grid").innerHTML = ""
+
+
+def show_last():
+    """After a run ended without an image (cancelled, refused, failed): the last finished image, not a
+    preview of the run that did not finish."""
+    if jobs:
+        return  # the next request's previews are on their way
+    el("preview-label").textContent = ""
+    if shown["selected"] in results:
+        show_result(shown["selected"])
+
+
+def on_cancelled(msg):
+    finish(msg.id, "Cancelled.")
+    show_last()
 
 
 def download(event):

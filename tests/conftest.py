@@ -109,6 +109,20 @@ def server(fault_server):
 
 
 @pytest.fixture(autouse=True)
+def no_tracebacks_on_the_page(request):
+    """No test that drives the shared page may leave an uncaught Python error painted on it (PyScript shows
+    those as .py-error boxes); they are removed once read, so one does not fail every later test."""
+    if "app" not in request.fixturenames:
+        yield
+        return
+    page = request.getfixturevalue("app")
+    yield
+    shown = page.evaluate("""() => Array.from(document.querySelectorAll('.py-error'), (e) => {
+        const text = e.textContent; e.remove(); return text; })""")
+    assert not shown, f"tracebacks on the page: {shown}"
+
+
+@pytest.fixture(autouse=True)
 def no_csp_violations(request):
     """Every test that talks to the served app fails on any Content-Security-Policy violation its pages or
     workers report (the fault server's CSP asks for reports). Reports are sent a little after the fact: one

@@ -211,6 +211,30 @@ def test_cancel_stops_the_run_and_the_next_one_succeeds(app):
     assert name.endswith("_9.png") and read_parameters(png)["steps"] == 1
 
 
+def test_a_run_that_ends_without_an_image_leaves_the_last_one_as_it_was(app):
+    """A refused or cancelled run neither breaks Download nor leaves its preview or an empty caption in
+    place of the last finished image (they used to: a KeyError traceback on the page, a blocky preview)."""
+    fill(app, seed="11", steps="1")
+    name, png = generate_and_download(app)
+    fill(app, prompt="   ")
+    press_and_wait(app, ending="Stopped.")
+    with app.expect_download() as info:
+        app.get_by_role("button", name="Download").click()
+    assert info.value.suggested_filename == name
+    fill(app, seed="12", steps="4")
+    steps, finished = counter(app, "steps"), counter(app, "finished")
+    app.get_by_role("button", name="Generate").click()
+    wait_counter(app, "steps", steps + 1)  # a preview of the new run is showing
+    app.get_by_role("button", name="Cancel", exact=True).click()
+    wait_counter(app, "finished", finished + 1)
+    expect(app.locator("#result")).to_be_visible()
+    expect(app.locator("#preview")).to_be_hidden()
+    expect(app.locator("#caption")).to_contain_text("Seed 11 · 1 steps")
+    with app.expect_download() as info:
+        app.get_by_role("button", name="Download").click()
+    assert info.value.suggested_filename == name
+
+
 @pytest.mark.parametrize("field, message", [
     ({"prompt": "   "}, "Please enter a prompt"),
     ({"prompt": "x" * 20_000}, "The prompt is 20,000 characters long; Lantern takes up to 2,000"),
