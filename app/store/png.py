@@ -46,8 +46,9 @@ def _check_size(kind: bytes, data: bytes):
         width, height = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:8], "big")
         if width * height > MAX_PIXELS:
             raise TooLarge(f"{width}×{height} pixels")
-    if kind == b"acTL" and len(data) >= 4 and int.from_bytes(data[0:4], "big") > MAX_FRAMES:
-        raise TooLarge(f"an animation of {int.from_bytes(data[0:4], 'big'):,} frames")
+    frames = int.from_bytes(data[0:4], "big") if kind == b"acTL" and len(data) >= 4 else 0
+    if frames > MAX_FRAMES:
+        raise TooLarge(f"an animation of {frames:,} frames")
 
 
 def _text(kind: bytes, data: bytes) -> tuple[bytes, str]:

@@ -47,7 +47,7 @@ class Worker:
         self.installer = Installer(self.models, post, rejected)
         self.generator = Generator(self.models, caps, self.installer)
 
-    async def gallery(self, msg):
+    async def on_gallery(self, msg):
         await gallery.handle(msg, post)
         if msg["type"] == "gallery-delete":  # the storage line counts the gallery too
             await self.installer.report()
@@ -66,7 +66,7 @@ class Worker:
         elif kind == "cancel":
             queue.cancel(msg["id"])
         elif kind and kind.startswith("gallery-"):  # storage only: no need to wait for the GPU
-            asyncio.ensure_future(self.gallery(msg))
+            asyncio.ensure_future(self.on_gallery(msg))
         elif kind in ("install", "install-cancel", "model-delete", "model-verify") and msg.get("model") in self.models:
             model_id = msg["model"]
             if kind == "install":
