@@ -34,7 +34,8 @@ def show_capabilities(caps):
 
 
 def device_key(caps):
-    return f"{caps.backend}|{caps.vendor}|{caps.architecture}|{caps.description}"
+    # Without WebGPU there is no adapter: no vendor, architecture or description.
+    return "|".join(str(getattr(caps, name, "")) for name in ("backend", "vendor", "architecture", "description"))
 
 
 def apply_bench(result):

@@ -177,6 +177,9 @@ def test_without_webgpu_the_page_explains_and_generates_on_wasm(browser_type, se
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     expected = to_uint8(run(cpu_pipeline.generate("a lighthouse at dusk, oil painting", 31, 2, 64, 64))).astype(int)
     assert np.abs(img - expected).max() <= PIXEL_TOLERANCE
+    wait_counter(page, "measured", 1, "#tier")  # the first-visit bench ran on wasm too (it used to fail on
+    expect(page.locator("#tier")).to_contain_text("Device tier: ")  # the missing adapter, with a traceback)
+    assert page.locator(".py-error").count() == 0
     browser.close()
 
 
