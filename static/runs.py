@@ -2,9 +2,8 @@
 # progress and status, and surviving a lost GPU (replace the worker, resume from the checkpoint)
 # or running out of memory (offer a retry at a lower preset).
 from pyscript import document
-from pyscript.ffi import create_proxy
 
-from page import count, el, new_id, replace_worker, send, set_status, show_error, worker
+from page import count, el, listen, new_id, replace_worker, send, set_status, show_error, worker
 
 MAX_FAILED_RECOVERIES = 2
 STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Encoding the prompt…", "decode": "Decoding the image…"}
@@ -116,7 +115,7 @@ def render_queue():
         text.id = f"queue-item-{job_id}"
         button.setAttribute("aria-label", f"Cancel request {job_id}")
         button.setAttribute("aria-describedby", text.id)
-        button.addEventListener("click", create_proxy(lambda event, job_id=job_id: cancel_job(job_id)))
+        listen(button, "click", lambda event, job_id=job_id: cancel_job(job_id))
         item.appendChild(text)
         item.appendChild(button)
         queue.appendChild(item)
