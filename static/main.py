@@ -31,21 +31,24 @@ def on_ready(msg):
             option.textContent = m.name + (" (cannot run here)" if m.unsuitable else "")
             select.appendChild(option)
     device.show_capabilities(caps)
-    el("generate").disabled = False
+    el("generate").disabled = not form.models  # an unusable model list leaves nothing to generate with
     if msg.manifest_problem:
         show_error(msg.manifest_problem)
-    if first:
-        form.choose_model()
-        form.fill_resolutions(select.value)
-        if caps.backend != "webgpu":
-            el("notice").textContent = (f"{caps.reason} Images are made on the CPU instead, which is much slower; "
-                                        "only small models can run.")
-            el("notice").hidden = False
-        device.first_visit(caps)
-        set_status(f"Ready ({caps.backend}).", 0)
-    else:
+    if not first:
         device.rerun_if_interrupted()
         runs.resend()
+        return
+    if not form.models:
+        set_status("No model can be offered here; the message above says why.", 0)
+        return
+    form.choose_model()
+    form.fill_resolutions(select.value)
+    if caps.backend != "webgpu":
+        el("notice").textContent = (f"{caps.reason} Images are made on the CPU instead, which is much slower; "
+                                    "only small models can run.")
+        el("notice").hidden = False
+    device.first_visit(caps)
+    set_status(f"Ready ({caps.backend}).", 0)
 
 
 def on_error(msg):

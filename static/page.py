@@ -32,7 +32,8 @@ def guarded(fn):
             return fn(*args)
         except Exception as error:
             window.console.error("Lantern page error:", repr(error))
-            show_error("Something on this page went wrong, so the last action did not finish. "
+            shown = "" if el("error").hidden else el("error").textContent + " "  # keep what was said first
+            show_error(shown + "Something on this page went wrong, so the last action did not finish. "
                        "Try it again; reloading the page clears it if it keeps happening.")
     return run
 
