@@ -34,7 +34,7 @@ import traceback
 
 from PIL import Image
 
-from .opfs import js_bytes, options, remove, storage_failure
+from .opfs import entry_names, file_sizes, js_bytes, options, remove, storage_failure
 from .png import TextTooLong, TooLarge, read_parameters
 
 FOLDER = "gallery"
@@ -218,17 +218,8 @@ async def _read(folder, name: str) -> bytes:
     return (await file.arrayBuffer()).to_bytes()
 
 
-async def _names(folder):
-    names, entries = [], folder.keys()
-    while True:
-        step = await entries.next()
-        if step.done:
-            return names
-        names.append(step.value)
-
-
 async def _records_in(folder):
-    names = await _names(folder)
+    names = await entry_names(folder)
     for name in orphans(names, int(time.time() * 1000)):
         await remove(folder, name)
     records = []
@@ -247,14 +238,8 @@ async def _records_in(folder):
 
 async def usage() -> dict:
     """What the gallery keeps: {"images": n, "mb": size of every file in its folder, in MB}."""
-    folder, images, size = await _folder(), 0, 0
-    for name in await _names(folder):
-        images += name.endswith(".json")
-        try:
-            size += int((await (await folder.getFileHandle(name)).getFile()).size)
-        except Exception:  # removed meanwhile (a delete in another tab)
-            pass
-    return {"images": images, "mb": size / 1e6}
+    sizes = await file_sizes(await _folder())
+    return {"images": sum(name.endswith(".json") for name in sizes), "mb": sum(sizes.values()) / 1e6}
 
 
 async def _thumb(folder, key):

@@ -25,12 +25,11 @@ from .download import Mismatch, Rate, download
 from .gallery import usage as gallery_usage
 from .hasher import HashError
 from .hub import ask_host, fetch_json, unresolved, with_host_hashes
-from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, converted_files,
-                     file_sizes, folder_names, gb, kept_bytes, leftovers, model_folder, models_folder, page_row,
-                     partial_bytes, read_json, record_for, stale_imports, storage_problem, storage_text, stored,
-                     write_json)
+from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, converted_files, gb,
+                     kept_bytes, leftovers, model_folder, models_folder, page_row, partial_bytes, read_json,
+                     record_for, stale_imports, storage_problem, storage_text, stored, write_json)
 from .locks import held, model_lock
-from .opfs import remove
+from .opfs import file_sizes, folder_names, remove
 
 STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
 REPORT_SECONDS = 0.25  # progress messages at most this often
@@ -99,14 +98,15 @@ class Installer:
                            persisted=bool(await js.navigator.storage.persisted()))
         except Exception:
             pass
-        if force or self.gallery is None:  # progress reports reuse the last figure: listing costs a call per file
+        if self.gallery is None:  # listed again only when the gallery changed (gallery_changed)
             try:
                 self.gallery = await gallery_usage()
-            except Exception:
-                self.gallery = {"images": 0, "mb": 0}
+            except Exception:  # a file removed while it was listed (another tab): counted next time
+                self.gallery = None
+        gallery = self.gallery or {"images": 0, "mb": 0}
         storage.update(models_mb=(sum(s.get("kept", 0) for s in self.status.values()) / 1e6
                                   + sum(u["mb"] for u in self.unlisted)),
-                       gallery_images=self.gallery["images"], gallery_mb=self.gallery["mb"])
+                       gallery_images=gallery["images"], gallery_mb=gallery["mb"])
         rows = [page_row(m, e, self.status.get(m, {})) for m, e in self.models.items()]
         if self.channel:
             owned = {m: self.status[m] for m, task in self.tasks.items() if not task.done() and m not in self.following}
@@ -114,6 +114,11 @@ class Installer:
                 self.channel.postMessage(json.dumps(owned))
         self.post({"type": "models", "models": rows, "storage": storage, "rejected": self.rejected,
                    "notice": self.notice, "unlisted": self.unlisted})
+
+    async def gallery_changed(self):
+        """An image was saved to or deleted from the gallery: the storage line counts it anew."""
+        self.gallery = None
+        await self.report()
 
     def fail(self, model_id, message):
         self.status[model_id].update(message=message, error=True, speed=0, eta_s=-1)

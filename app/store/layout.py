@@ -157,25 +157,6 @@ async def model_folder(model_id: str, create: bool = True):
         raise
 
 
-async def _entries(folder):
-    """(name, handle) of each entry of a folder."""
-    entries = folder.entries()
-    while True:
-        step = await entries.next()
-        if step.done:
-            return
-        yield step.value.to_py() if hasattr(step.value, "to_py") else step.value
-
-
-async def folder_names(folder) -> list[str]:
-    """The sub-folders of a folder."""
-    return [name async for name, handle in _entries(folder) if handle.kind == "directory"]
-
-
-async def file_sizes(folder) -> dict:
-    return {name: int((await handle.getFile()).size) async for name, handle in _entries(folder) if handle.kind == "file"}
-
-
 async def read_json(folder, name):
     try:
         return json.loads(await (await (await folder.getFileHandle(name)).getFile()).text())

@@ -54,3 +54,28 @@ async def pieces(file):
 
     for start in range(0, int(file.size), PIECE):
         yield js.Uint8Array.new(await file.slice(start, start + PIECE).arrayBuffer())
+
+
+async def _entries(folder):
+    """(name, handle) of each entry of a folder."""
+    entries = folder.entries()
+    while True:
+        step = await entries.next()
+        if step.done:
+            return
+        yield step.value.to_py() if hasattr(step.value, "to_py") else step.value
+
+
+async def entry_names(folder) -> list[str]:
+    """The names of everything in a folder."""
+    return [name async for name, _ in _entries(folder)]
+
+
+async def folder_names(folder) -> list[str]:
+    """The sub-folders of a folder."""
+    return [name async for name, handle in _entries(folder) if handle.kind == "directory"]
+
+
+async def file_sizes(folder) -> dict:
+    """name -> size of each file in a folder."""
+    return {name: int((await handle.getFile()).size) async for name, handle in _entries(folder) if handle.kind == "file"}

@@ -163,7 +163,7 @@ class Generator:
               "parameters": parameters, "seed_text": str(request.seed)}, transfer=[buffer])
         if raw.get("autosave"):
             await gallery.autosave(job_id, png, parameters, post)
-            await self.installer.report()  # the storage line counts the gallery too
+            await self.installer.gallery_changed()
 
     async def bench(self, job_id):
         """Time the bundled bench model on this device; tier presets for every usable model."""

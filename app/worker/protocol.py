@@ -49,8 +49,8 @@ class Worker:
 
     async def on_gallery(self, msg):
         await gallery.handle(msg, post)
-        if msg["type"] == "gallery-delete":  # the storage line counts the gallery too
-            await self.installer.report()
+        if msg["type"] == "gallery-delete":
+            await self.installer.gallery_changed()
 
     def handle(self, message):
         msg = message.to_py()
