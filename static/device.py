@@ -5,9 +5,12 @@ import json
 from pyscript import document, window
 
 import form
+import runs
+import welcome
 from page import count, el, new_id, send
 
 BENCH_KEY = "lantern.bench"
+MEASURING = "Measuring this device (once; it sets the defaults)"
 bench = {"id": None, "caps": None}
 
 
@@ -18,8 +21,8 @@ def show_capabilities(caps):
         rows += [("Adapter", f"{caps.vendor} {caps.architecture} {caps.description}".strip() or "unnamed"),
                  ("Software adapter", "yes" if caps.fallback_adapter else "no"),
                  ("shader-f16", "yes" if caps.shader_f16 else "no"),
-                 ("Largest buffer", f"{caps.max_buffer_size // 1048576} MiB"),
-                 ("Largest storage binding", f"{caps.max_storage_buffer_binding_size // 1048576} MiB")]
+                 ("Largest GPU buffer", f"{caps.max_buffer_size // 1048576} MiB"),
+                 ("Largest block a shader reads", f"{caps.max_storage_buffer_binding_size // 1048576} MiB")]
     else:
         rows.append(("Why", caps.reason))
     dl = el("capabilities")
@@ -39,20 +42,30 @@ def device_key(caps):
 
 
 def apply_bench(result):
-    runs = ", ".join(f"{t:.0f}" for t in result["runs_ms"])
+    times = ", ".join(f"{t:.0f}" for t in result["runs_ms"])
     el("tier").textContent = (f"Device tier: {result['tier'].upper()} — one UNet step of the {result['model']} "
-                              f"bench model at {result['size']} takes {result['step_ms']:.0f} ms (runs: {runs} ms).")
+                              f"bench model at {result['size']} takes {result['step_ms']:.0f} ms (runs: {times} ms).")
+    welcome.state["tier"] = result["tier"].upper()
     preset = result["presets"].get(el("model").value)
-    if preset and not form.touched["any"]:  # never overwrite what the user already chose
-        form.fill_resolutions(el("model").value, preset["resolution"], preset["steps"])
-        el("preview-every").value = str(preset["preview_every"])
+    if preset:
+        form.apply_preset(preset)  # only to the fields the visitor has not set
+    welcome.update()
 
 
 def run_bench(event=None):
     bench["id"] = new_id()
     el("rebench").disabled = True
-    el("tier").textContent = "Device tier: measuring this device…"
+    el("tier").textContent = f"Device tier: {MEASURING.lower()}…"
+    welcome.state["tier"] = ""
+    runs.set_ahead(MEASURING + "…")
+    welcome.update()
     send({"type": "bench", "id": bench["id"]})
+
+
+def on_bench_progress(msg):
+    text = f"{MEASURING}: run {msg.step} of {msg.steps}…" if msg.stage == "bench run" else MEASURING + "…"
+    el("tier").textContent = "Device tier: " + text[0].lower() + text[1:]
+    runs.set_ahead(text)
 
 
 def first_visit(caps):
@@ -85,6 +98,7 @@ def on_bench(msg):
     window.localStorage.setItem(BENCH_KEY, json.dumps({"device": device_key(bench["caps"]), "result": result}))
     el("rebench").disabled = False
     bench["id"] = None
+    runs.set_ahead("")
     apply_bench(result)
     count("tier", "measured")  # benchmarks finished on this page
 
@@ -92,5 +106,8 @@ def on_bench(msg):
 def on_bench_failed(msg):
     # The tier stays unmeasured (the models' own defaults apply) until a re-run succeeds.
     bench["id"] = None
+    runs.set_ahead("")
     el("rebench").disabled = False
     el("tier").textContent = f"Device tier: not measured. {msg.message} Use “Re-run benchmark” to try again."
+    welcome.state["tier"] = "not measured"
+    welcome.update()

@@ -5,7 +5,7 @@ import json
 from pyscript import document, window
 
 import gallery_ui
-from page import el, show_error
+from page import clear_field_errors, el, field_error, send, show_error
 from result import clear_results
 from runs import retry, submit
 
@@ -15,7 +15,26 @@ HISTORY_SIZE = 50
 HISTORY_PROMPT_CHARS = 2000  # longer prompts are refused by the worker (app/worker/params.py): not kept
 
 models = {}  # id -> {"defaults", "resolutions", "unsuitable", "pipeline"} from the worker's "ready" message
-touched = {"any": False}  # the visitor changed steps, resolution or previews: presets leave them alone
+# Fields the visitor set (or used, by pressing Generate): start-up, the bench's presets and the model's
+# defaults leave them alone.
+touched = set()
+tokens = {"timer": None, "proxy": None}
+
+
+def chosen(id):
+    node = el(id)
+    # A field typed into before the page's code was running has only its changed value to show for it.
+    return id in touched or "generate" in touched or (node.tagName == "INPUT" and node.value != node.defaultValue)
+
+
+def apply_preset(preset):
+    """A tier's preset, to the fields the visitor has not set."""
+    if not chosen("resolution") and el("resolution").querySelector(f'option[value="{preset["resolution"]}"]'):
+        el("resolution").value = preset["resolution"]
+    if not chosen("steps"):
+        el("steps").value = str(preset["steps"])
+    if not chosen("preview-every"):
+        el("preview-every").value = str(preset["preview_every"])
 
 
 def fill_resolutions(model_id, resolution=None, steps=None):
@@ -29,7 +48,8 @@ def fill_resolutions(model_id, resolution=None, steps=None):
         option.value = option.textContent = f"{h}x{w}"
         option.selected = option.value == wanted
         select.appendChild(option)
-    el("steps").value = str(steps or d["steps"])
+    if steps or not chosen("steps"):
+        el("steps").value = str(steps or d["steps"])
     reason = model["unsuitable"]
     el("notice").textContent = reason or ""
     el("notice").hidden = not reason
@@ -68,13 +88,51 @@ def use_history(event):
     if el("history").value:
         el("prompt").value = el("history").value
         el("history").value = ""
+        ask_tokens()
+
+
+def clear_history(event):
+    window.localStorage.removeItem(HISTORY_KEY)
+    render_history([])
+
+
+def ask_tokens():
+    """Count the prompt's tokens once typing pauses (the worker holds the model's tokenizer)."""
+    if tokens["timer"] is not None:
+        window.clearTimeout(tokens["timer"])
+    tokens["timer"] = window.setTimeout(tokens["proxy"], 250)
+
+
+def send_tokens():
+    tokens["timer"] = None
+    send({"type": "tokens", "model": el("model").value, "text": el("prompt").value})
+
+
+def on_tokens(msg):
+    if msg.model != el("model").value or msg.text != el("prompt").value:
+        return  # an answer about an earlier text; the latest is on its way
+    counter = el("tokens")
+    counter.textContent = f"{msg.count} of {msg.limit} tokens" if msg.count >= 0 and msg.text.strip() else ""
+    cut = msg.count > msg.limit
+    counter.classList.toggle("over", cut)
+    el("tokens-cut").textContent = (f"The model reads the first {msg.limit} tokens; the last "
+                                    f"{msg.count - msg.limit} are ignored. Put what matters first." if cut else "")
+
+
+def on_key(event):
+    if event.key == "Enter" and (event.ctrlKey or event.metaKey):  # Ctrl+Enter (Cmd+Enter on a Mac)
+        event.preventDefault()
+        if not el("generate").disabled:
+            generate(event)
 
 
 def generate(event):
+    clear_field_errors()
     count_text = el("count").value.strip()
     if not count_text.isdigit() or not 1 <= int(count_text) <= 8:
-        show_error("Images must be a whole number from 1 to 8.")
+        field_error("count", "Images must be a whole number from 1 to 8.")
         return
+    touched.add("generate")  # the visitor used these values: presets that arrive later leave them alone
     count = int(count_text)
     seed = el("seed").value.strip()
     clear_results()
@@ -88,19 +146,44 @@ def generate(event):
             "model": el("model").value,
             "preview_every": el("preview-every").value,
             "autosave": gallery_ui.autosave(),
-        }, count)
+        }, count, index=k + 1)
 
 
-def apply_settings(p):
-    """Put saved settings (a dict: prompt, seed, steps, height, width, model) back in the controls."""
-    if p["model"] not in models:
-        show_error(f"This image was made with the model {p['model']!r}, which is not available here.")
-        return
-    el("model").value = p["model"]
-    fill_resolutions(p["model"], f"{p['height']}x{p['width']}", p["steps"])
-    el("prompt").value = p["prompt"]
-    el("seed").value = str(p["seed"])
+def apply_settings(p, source):
+    """Put saved settings back in the controls: every one from this gallery (`source` ""), what fits from a
+    dropped image (`source` names the app that made it; another app's may lack some or use other models).
+    Returns what was done, in a sentence."""
+    model = p.get("model")
+    if model is not None and model not in models and not source:
+        show_error(f"This image was made with the model {model!r}, which is not available here.")
+        return ""
     show_error("")
+    skipped = []
+    if model in models:
+        el("model").value = model
+        fill_resolutions(model)
+    elif model is not None:
+        skipped.append(f"its model {model!r} (not available here)")
+    if "height" in p:
+        size = f"{p['height']}x{p['width']}"
+        if el("resolution").querySelector(f'option[value="{size}"]'):
+            el("resolution").value = size
+        else:
+            skipped.append(f"its size {size} (not offered by this model)")
+    if "steps" in p:
+        if 1 <= int(p["steps"]) <= 4:
+            el("steps").value = str(p["steps"])
+        else:
+            skipped.append(f"its {p['steps']} steps (this model takes 1 to 4)")
+    for field in ("prompt", "seed"):
+        if field in p:
+            el(field).value = str(p[field])
+    touched.update(("resolution", "steps"))  # restored on purpose: no preset may change them
+    ask_tokens()
+    if not source:
+        return ""
+    text = f"Settings restored from the dropped {source} image."
+    return text + (" Not restored: " + "; ".join(skipped) + "." if skipped else "")
 
 
 def retry_run(event):
@@ -118,6 +201,7 @@ def randomize(event):
 def on_model_change(event):
     window.localStorage.setItem(MODEL_KEY, el("model").value)
     fill_resolutions(el("model").value)
+    ask_tokens()
 
 
 def choose_model():

@@ -227,7 +227,7 @@ def delete_item(key):
 
 
 def use_item(key):
-    state["apply"](dict((k, items[key][k]) for k in ("prompt", "seed", "steps", "height", "width", "model")))
+    state["apply"](dict((k, items[key][k]) for k in ("prompt", "seed", "steps", "height", "width", "model")), "")
 
 
 ACTIONS = {"open": open_item, "compare": compare_item, "download": download_item, "delete": delete_item,
@@ -296,12 +296,17 @@ def on_drop(event):
         asyncio.create_task(read_dropped(file))
 
 
+SOURCES = {"lantern": "Lantern", "a1111": "Automatic1111", "invokeai": "InvokeAI"}
+
+
 def on_settings(msg):
     if msg.message:
+        note("")  # an earlier drop's "restored" must not stand beside this refusal
         show_error(msg.message)
         return
-    state["apply"](settings_of(msg.parameters))
-    note("Settings restored from the dropped image.")
+    js = msg.parameters
+    found = {k: getattr(js, k) for k in window.Object.keys(js)}  # another app's image gives only what it had
+    note(state["apply"](found, SOURCES.get(msg.source, msg.source)))
 
 
 def on_error(msg):
@@ -371,7 +376,8 @@ def on_bar_click(event):
 
 def setup(send, apply_settings):
     """Build the section, wire it up and ask the worker for the list (it replays what it gets
-    while booting). `send(dict)` posts to the current worker; `apply_settings(dict)` fills the controls."""
+    while booting). `send(dict)` posts to the current worker; `apply_settings(dict, source)` fills the
+    controls with what it can and says what it did."""
     state["send"], state["apply"] = send, apply_settings
     stage = build(el("gallery"))
     el("gallery-autosave").checked = window.localStorage.getItem(AUTOSAVE_KEY) != "0"  # on unless turned off

@@ -1,7 +1,8 @@
 # The page (MicroPython via PyScript): starts the GPU worker, routes its messages to the panels and
 # wires the controls. All heavy work happens in the worker, so this thread stays free. The panels:
 # form.py (controls), runs.py (queue, progress, recovery), result.py (previews, image, download,
-# refine), device.py (capabilities, tier), models.py and gallery.py; page.py is what they share.
+# refine), welcome.py (the stage before the first image), device.py (capabilities, tier), models.py
+# and gallery.py; page.py is what they share.
 from pyscript import document, window
 from pyscript.ffi import create_proxy
 
@@ -12,7 +13,8 @@ import models_ui
 import offline
 import result
 import runs
-from page import el, guarded, listen, send, set_status, show_error, start_worker, worker
+import welcome
+from page import FIELDS, el, field_error, guarded, listen, send, set_status, show_error, start_worker, worker
 
 
 def on_ready(msg):
@@ -25,6 +27,7 @@ def on_ready(msg):
         d = m.defaults
         form.models[m.id] = {"defaults": {"height": d.height, "width": d.width, "steps": d.steps},
                              "resolutions": resolutions, "unsuitable": m.unsuitable, "pipeline": m.pipeline}
+        result.models[m.id] = {"name": m.name, "refines": [m.refines[j] for j in range(m.refines.length)]}
         if first and m.pipeline == "sdxl-turbo":  # second-pass models are offered by Refine
             option = document.createElement("option")
             option.value = m.id
@@ -42,13 +45,29 @@ def on_ready(msg):
         set_status("No model can be offered here; the message above says why.", 0)
         return
     form.choose_model()
-    form.fill_resolutions(select.value)
+    form.fill_resolutions(select.value)  # what the visitor typed meanwhile stays (form.chosen)
+    el("status").dataset.backend = caps.backend
     if caps.backend != "webgpu":
         el("notice").textContent = (f"{caps.reason} Images are made on the CPU instead, which is much slower; "
                                     "only small models can run.")
         el("notice").hidden = False
+    welcome.setup(caps)
     device.first_visit(caps)
-    set_status(f"Ready ({caps.backend}).", 0)
+    form.ask_tokens()
+    set_status("Ready.", 0)
+
+
+def on_progress(msg):
+    if device.is_bench(msg.id):
+        device.on_bench_progress(msg)
+    else:
+        runs.on_progress(msg)
+
+
+def on_models_changed():
+    result.update_refine()
+    runs.on_models_changed(models_ui.state_of)
+    welcome.update()
 
 
 def on_error(msg):
@@ -60,8 +79,8 @@ def on_error(msg):
 
 
 HANDLERS = {
-    "ready": on_ready, "progress": runs.on_progress, "checkpoint": runs.on_checkpoint,
-    "queued": lambda msg: set_status(f"Queued: {msg.ahead} ahead of this one…"),
+    "ready": on_ready, "progress": on_progress, "checkpoint": runs.on_checkpoint, "queued": runs.on_queued,
+    "tokens": form.on_tokens,
     "preview": result.on_preview, "result": result.on_result, "png": result.on_png, "bench": device.on_bench,
     "cancelled": result.on_cancelled, "error": on_error, "models": models_ui.on_message,
 }
@@ -79,17 +98,21 @@ def on_message(event):
 offline.start()
 start_worker(create_proxy(guarded(on_message)))
 gallery_ui.setup(send, form.apply_settings)
-models_ui.setup(send)
+models_ui.setup(send, on_models_changed)
 for id, handler in (("generate", form.generate), ("cancel", runs.cancel), ("retry", form.retry_run),
                     ("randomize", form.randomize), ("download", result.download), ("refine", result.refine),
-                    ("rebench", device.run_bench)):
+                    ("rebench", device.run_bench), ("clear-history", form.clear_history)):
     listen(el(id), "click", handler)
 # Enter in a field must not submit the controls' form (which would reload the page; the CSP forbids it).
 listen(el("controls"), "submit", lambda event: event.preventDefault())
 listen(el("model"), "change", form.on_model_change)
 listen(el("history"), "change", form.use_history)
-for field in ("steps", "resolution", "preview-every"):
-    listen(el(field), "input", lambda event: form.touched.__setitem__("any", True))
+for field in FIELDS:
+    # The visitor set it (start-up and presets leave it alone from now on); its refusal, if any, is answered.
+    listen(el(field), "input", lambda event, field=field: (form.touched.add(field), field_error(field, "")))
+form.tokens["proxy"] = create_proxy(guarded(form.send_tokens))
+listen(el("prompt"), "input", lambda event: form.ask_tokens())
+listen(el("controls"), "keydown", form.on_key)
 form.load_history()
 # Leaving the page ends the worker, which releases its GPU device and every buffer on it.
 listen(window, "pagehide", lambda event: worker["current"].terminate())

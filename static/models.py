@@ -5,8 +5,13 @@ from pyscript import window
 
 from page import el, listen, make
 
-state = {"send": None, "persist_asked": False}
+state = {"send": None, "persist_asked": False, "on_change": None}
 rows = {}  # model id -> {"row", "status", "bar", "message", "install", "cancel", "delete", "verify"}
+info = {}  # model id -> {"name", "state", "variant", "total_mb"}: what other panels show of it
+
+
+def state_of(model_id):
+    return info[model_id]["state"] if model_id in info else ""
 
 STATE_TEXT = {"not-installed": "Not installed", "installed": "Installed", "partial": "Paused", "damaged": "Damaged",
               "verifying": "Verifying…", "importing": "Importing…", "converting": "Converting…"}
@@ -92,6 +97,7 @@ def add_row(m):
 def show_row(m):
     r = rows.get(m.id) or add_row(m)
     s = m.state
+    info[m.id] = {"name": m.name, "state": s, "variant": m.variant or "", "total_mb": m.total_mb}
     if s == "downloading":
         fraction = m.done_mb / m.total_mb if m.total_mb else 0
         text = f"Downloading {100 * fraction:.0f}% ({size_text(m.done_mb)} of {size_text(m.total_mb)})"
@@ -141,6 +147,7 @@ def on_message(msg):
     el("models-rejected").hidden = not rejected
     if msg.notice:
         el("models-notice").textContent = msg.notice
+    state["on_change"]()
 
 
 def import_files(files):
@@ -165,8 +172,9 @@ def on_drag(event):
     el("models").classList.add("dropping")
 
 
-def setup(send):
-    state["send"] = send
+def setup(send, on_change):
+    """`on_change()` is called after each report, for the panels that depend on what is installed."""
+    state["send"], state["on_change"] = send, on_change
     listen(el("models-import"), "change", on_pick)
     listen(el("models"), "dragover", on_drag)
     listen(el("models"), "dragleave", lambda e: el("models").classList.remove("dropping"))

@@ -1,5 +1,7 @@
 # What every page module shares (MicroPython): DOM helpers, the status line and its counters, and the
 # connection to the GPU worker. Prompts and other user text only ever go in through textContent.
+import sys
+
 from pyscript import document, window
 from pyscript.ffi import create_proxy, to_js
 
@@ -24,6 +26,10 @@ def make(tag, parent=None, text=None, **attributes):
     return node
 
 
+SOMETHING_WENT_WRONG = ("Something on this page went wrong, so the last action did not finish. Try it again; "
+                        "reloading the page clears it if it keeps happening.")
+
+
 def guarded(fn):
     """`fn` behind the page's one error boundary: an exception in a handler never reaches the page as a
     traceback; the visitor gets a sentence where errors are shown, the details go to the console."""
@@ -32,9 +38,10 @@ def guarded(fn):
             return fn(*args)
         except Exception as error:
             window.console.error("Lantern page error:", repr(error))
-            shown = "" if el("error").hidden else el("error").textContent + " "  # keep what was said first
-            show_error(shown + "Something on this page went wrong, so the last action did not finish. "
-                       "Try it again; reloading the page clears it if it keeps happening.")
+            sys.print_exception(error)  # the details, for the console
+            shown = "" if el("error").hidden else el("error").textContent  # keep what was said first
+            if SOMETHING_WENT_WRONG not in shown:
+                show_error((shown + " " + SOMETHING_WENT_WRONG).strip())
     return run
 
 
@@ -51,6 +58,27 @@ def show_error(text):
     box = el("error")  # the page's one alert line
     box.textContent = text  # textContent, never innerHTML: prompts may hold markup
     box.hidden = not text
+
+
+FIELDS = ("prompt", "seed", "steps", "resolution", "count", "preview-every", "model")
+
+
+def field_error(field, text):
+    """A refused value's message beside its field, which is marked invalid: not a failure of the page."""
+    node, message = el(field), el(field + "-error")
+    message.textContent = text
+    message.hidden = not text
+    if text:
+        node.setAttribute("aria-invalid", "true")
+        node.focus()
+        set_status("Not started: see the marked field.", 0)
+    else:
+        node.removeAttribute("aria-invalid")
+
+
+def clear_field_errors():
+    for field in FIELDS:
+        field_error(field, "")
 
 
 def count(id, name):

@@ -4,13 +4,29 @@ from pyscript import document, window
 from pyscript.ffi import to_js
 
 import gallery_ui
+import models_ui
 from page import el, listen, set_status
-from runs import finish, jobs, submit
+from runs import finish, jobs, now_ms, submit
 
 results = {}  # id -> {"url", "filename", "parameters", "timing", "latents"?} for the images of the current batch
 # "stale": a new batch was asked for; the last one's images stay (and stay downloadable) until its first
 # image arrives, so a run that is refused, fails or is cancelled leaves the last finished image as it was.
 shown = {"selected": None, "timing": {}, "stale": False}
+models = {}  # id -> {"name", "refines"}: filled from the worker's "ready" message
+
+
+def settings_text(seed, steps, size):
+    steps = "1 step" if str(steps) == "1" else f"{steps} steps"
+    return f"Seed {seed} · {steps} · {size}"
+
+
+def actions(enabled):
+    """Download and Refine act on the image on show: off while a new run's previews are."""
+    el("download").disabled = not enabled
+    if enabled:
+        update_refine()
+    else:
+        el("refine").disabled = True
 
 
 def draw(bitmap):
@@ -23,11 +39,20 @@ def draw(bitmap):
     el("result").hidden = True
 
 
+def supersede(job_id):
+    """A new run's picture is on show: the caption and the actions are no longer the last image's."""
+    p = jobs[job_id]["params"]
+    el("stage-empty").hidden = True
+    el("caption").textContent = "New image in progress: " + settings_text(p["seed"], p["steps"], p["resolution"])
+    actions(False)
+
+
 def on_preview(msg):
     if msg.id in jobs:
         canvas = el("preview")
         canvas.width, canvas.height = jobs[msg.id]["size"]
         draw(msg.bitmap)
+        supersede(msg.id)
         how = "fast approximation" if msg.kind == "approx" else "decoded"
         el("preview-label").textContent = f"Preview after step {msg.step} ({how})"
 
@@ -39,8 +64,10 @@ def on_result(msg):
     canvas.width = msg.bitmap.width
     canvas.height = msg.bitmap.height
     draw(msg.bitmap)
+    supersede(msg.id)
     el("preview-label").textContent = ""
-    shown["timing"][msg.id] = (msg.timing.total_ms, msg.timing.preview_ms, msg.refine_note)
+    # The time the visitor waited: from their click, through any queue, to the finished picture.
+    shown["timing"][msg.id] = (now_ms() - jobs[msg.id]["asked"], msg.timing.preview_ms)
     set_status("Saving the image…", 1)
 
 
@@ -53,12 +80,14 @@ def show_result(job_id):
     img.alt = "Generated image: " + p["prompt"]
     img.hidden = False
     el("preview").hidden = True
-    total, previews, refine_note = r["timing"]
-    el("refine").disabled = bool(refine_note) or r.get("latents") is None
-    el("refine-note").textContent = refine_note
-    el("caption").textContent = (f"Seed {p['seed']} · {p['steps']} steps · {p['height']}x{p['width']} · {p['model']}"
-                                 f" · made in {total / 1000:.1f} s (previews {previews:.0f} ms)")
-    el("download").disabled = False
+    el("stage-empty").hidden = True
+    total, previews = r["timing"]
+    name = models.get(p["model"], {}).get("name", p["model"])
+    refined = " · refined" if p["refined"] else ""
+    size = f"{p['height']}x{p['width']}"
+    el("caption").textContent = (f"{settings_text(p['seed'], p['steps'], size)} · {name}{refined} · "
+                                 f"made in {total / 1000:.1f} s (previews {previews:.0f} ms)")
+    actions(True)
     for button in el("grid").children:
         button.setAttribute("aria-pressed", "true" if button.dataset.job == str(job_id) else "false")
 
@@ -70,8 +99,8 @@ def on_png(msg):
     blob = window.Blob.new(to_js([msg.png]), to_js({"type": "image/png"}))
     results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename,
                        "parameters": {"prompt": p.prompt, "seed": msg.seed_text, "steps": p.steps, "height": p.height,
-                                      "width": p.width, "model": p.model},
-                       "timing": shown["timing"].pop(msg.id, (0, 0, ""))}
+                                      "width": p.width, "model": p.model, "refined": bool(getattr(p, "refiner", ""))},
+                       "timing": shown["timing"].pop(msg.id, (0, 0))}
     if msg.id in jobs and jobs[msg.id]["checkpoint"]:
         results[msg.id]["latents"] = jobs[msg.id]["checkpoint"][1]  # the final latents, for Refine
     if msg.id in jobs and jobs[msg.id]["batch"] > 1:
@@ -115,6 +144,10 @@ def show_last():
     el("preview-label").textContent = ""
     if shown["selected"] in results:
         show_result(shown["selected"])
+    else:  # nothing finished yet: back to the empty stage
+        el("preview").hidden = True
+        el("caption").textContent = ""
+        el("stage-empty").hidden = False
 
 
 def on_cancelled(msg):
@@ -128,6 +161,31 @@ def download(event):
     link.href = r["url"]
     link.download = r["filename"]
     link.click()
+
+
+def refiner_for(model_id):
+    return next((m for m, e in models.items() if model_id in e["refines"]), None)
+
+
+def refine_note(r):
+    """Why Refine cannot run on the image `r` ("" when it can)."""
+    p = r["parameters"]
+    if p["refined"]:
+        return "This picture is already refined."
+    refiner = refiner_for(p["model"])
+    if refiner is None:
+        return f"No refiner is offered for {models[p['model']]['name']}." if p["model"] in models else ""
+    if models_ui.state_of(refiner) != "installed":
+        return f"Refine needs {models[refiner]['name']}: install it in the Models panel."
+    return ""
+
+
+def update_refine():
+    """Refine is on exactly when it can run on the image on show; called again when a model's state changes."""
+    r = results.get(shown["selected"])
+    note = refine_note(r) if r else ""
+    el("refine").disabled = r is None or bool(note) or r.get("latents") is None or not el("preview").hidden
+    el("refine-note").textContent = note
 
 
 def refine(event):

@@ -1,15 +1,35 @@
 # Runs (MicroPython): the requests sent to the worker, the visible queue with its cancel buttons,
 # progress and status, and surviving a lost GPU (replace the worker, resume from the checkpoint)
 # or running out of memory (offer a retry at a lower preset).
-from pyscript import document
+from pyscript import document, window
 
-from page import count, el, listen, new_id, replace_worker, send, set_status, show_error, worker
+from page import count, el, field_error, listen, new_id, replace_worker, send, set_status, show_error, worker
 
 MAX_FAILED_RECOVERIES = 2
-STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Encoding the prompt…", "decode": "Decoding the image…"}
+# What each stage is called on the page (the worker's names are for code and logs).
+STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Reading the prompt…", "decode": "Finishing the image…"}
+STEP_TEXT = {"denoise": "Drawing", "refine": "Refining"}
 
 jobs = {}  # id -> {"params", "checkpoint": (step, latents) | None, "failed": int, ...}, unfinished only
 retry = {"params": None}
+ahead = {"bench": ""}  # work the visitor did not ask for that runs before their requests (the device bench)
+needs_install = {"model": None}  # the error on show says this model is not installed: it goes once it is
+
+
+def on_models_changed(state_of):
+    if needs_install["model"] and state_of(needs_install["model"]) == "installed":
+        needs_install["model"] = None
+        show_error("")
+
+
+def seconds_text(seconds):
+    if seconds < 1:
+        return "under a second"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def now_ms():
+    return window.performance.now()
 
 
 def set_retry(params, label):
@@ -39,14 +59,17 @@ def resend():
             send_job(job_id)
 
 
-def submit(params, batch=1, base_latents=None):
+def submit(params, batch=1, base_latents=None, index=1):
+    """Send one request; `index` is its place in a batch of `batch` images."""
     show_error("")
     set_retry(None, "")
     job_id = new_id()
     h, w = (params["resolution"].split("x") + ["64"])[:2]
     size = (int(w), int(h)) if h.isdigit() and w.isdigit() else (64, 64)
+    # "asked": when the visitor asked for it, so the caption can say how long they waited.
     jobs[job_id] = {"params": params, "checkpoint": None, "failed": 0, "batch": batch, "size": size,
-                    "base_latents": base_latents}
+                    "base_latents": base_latents, "index": index, "asked": now_ms(), "started": False,
+                    "step_at": []}
     el("cancel").disabled = False
     render_queue()
     if len(jobs) == 1:
@@ -54,18 +77,49 @@ def submit(params, batch=1, base_latents=None):
     send_job(job_id)
 
 
+def step_text(job, msg):
+    """"Drawing: step 2 of 4 · about 3 s left", the time left from this run's own step times."""
+    verb = STEP_TEXT[msg.stage]
+    times = job["step_at"]
+    if not msg.step:
+        times.clear()
+        times.append(now_ms())
+        return verb + "…"
+    count("status", "steps")  # denoising steps shown on this page
+    times.append(now_ms())
+    text = f"{verb}: step {msg.step} of {msg.steps}"
+    left = msg.steps - msg.step
+    if left and len(times) > 1:
+        text += f" · about {seconds_text((times[-1] - times[0]) / (len(times) - 1) * left / 1000)} left"
+    return text
+
+
 def on_progress(msg):
-    if msg.stage in ("denoise", "refine") and msg.step:
-        count("status", "steps")  # denoising steps shown on this page
-    if msg.stage == "denoise":
-        text = f"Denoising: step {msg.step} of {msg.steps}…" if msg.step else "Denoising…"
-    elif msg.stage == "refine":
-        text = f"Refining: step {msg.step} of {msg.steps}…" if msg.step else "Refining…"
-    elif msg.stage.startswith("load "):
-        text = f"Loading the model ({msg.stage[5:]})…"
+    job = jobs.get(msg.id)
+    if job is None:
+        return
+    if not job["started"]:
+        job["started"] = True
+        render_queue()  # it now runs
+    if msg.stage in STEP_TEXT:
+        text = step_text(job, msg)
     else:
-        text = STAGE_TEXT.get(msg.stage, msg.stage)
+        text = STAGE_TEXT.get(msg.stage.split(" ")[0] if msg.stage.startswith("load") else msg.stage, "Working…")
+    if job["batch"] > 1:
+        text = f"Image {job['index']} of {job['batch']} · {text}"
     set_status(text, msg.fraction)
+
+
+def on_queued(msg):
+    if msg.id in jobs:
+        set_status(f"Waiting: {ahead['bench']}" if ahead["bench"] and len(jobs) == 1 else
+                   "Waiting for the images asked for earlier…")
+
+
+def set_ahead(text):
+    """Show (or, with "", clear) the device bench at the head of the queue."""
+    ahead["bench"] = text
+    render_queue()
 
 
 def on_checkpoint(msg):
@@ -103,11 +157,19 @@ def render_queue():
     """Every unfinished request, oldest (running) first, each with its own cancel button."""
     queue = el("queue")
     queue.innerHTML = ""
-    for n, job_id in enumerate(sorted(jobs)):
-        p = jobs[job_id]["params"]
+    if ahead["bench"] and jobs:
+        item = document.createElement("li")
+        item.textContent = ahead["bench"]
+        queue.appendChild(item)
+    for job_id in sorted(jobs):
+        job = jobs[job_id]
+        p = job["params"]
         item = document.createElement("li")
         text = document.createElement("span")
-        text.textContent = f"{'Running' if n == 0 else 'Queued'}: {p['prompt']} (seed {p['seed']})"
+        text.className = "queue-text"  # one line; a long prompt ends in an ellipsis
+        state = "Running" if job["started"] else "Queued"
+        text.textContent = f"{state}: {p['prompt']} (seed {p['seed']})"
+        text.title = p["prompt"][:300]
         button = document.createElement("button")
         button.type = "button"
         button.textContent = "✕"
@@ -142,8 +204,13 @@ def on_error(msg):
     if msg.kind == "device-lost":
         on_device_lost(msg)
         return
+    if msg.kind == "input" and msg.field:  # a value the visitor can fix: said beside its field
+        finish(msg.id, "")
+        field_error(msg.field, msg.message)
+        return
     params = jobs[msg.id]["params"] if msg.id in jobs else None
     show_error(msg.message)
+    needs_install["model"] = params["model"] if params and " is not installed." in msg.message else None
     finish(msg.id, "Stopped.")
     if msg.kind == "oom":
         offered = msg.retry

@@ -136,6 +136,12 @@ def no_csp_violations(request):
     assert not found, f"CSP violations: {found}"
 
 
+def expect_ready(page, backend):
+    """The page booted and says it is ready, on `backend` ("webgpu" or "wasm")."""
+    expect(page.get_by_role("status")).to_have_text("Ready.", timeout=BOOT_TIMEOUT_MS)
+    expect(page.get_by_role("status")).to_have_attribute("data-backend", backend)
+
+
 def tiny_by_default(context):
     """Pages of `context` start on the tiny test model, as if the visitor had chosen it on an earlier visit
     (a fresh visit starts on the first listed model this device can run: SDXL-Turbo, which the tests

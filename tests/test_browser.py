@@ -86,7 +86,8 @@ def generate_and_download(page):
 
 
 def test_page_boots_offline_on_webgpu(app):
-    assert app.boot_status == "Ready (webgpu)."
+    assert app.boot_status == "Ready."
+    expect(app.get_by_role("status")).to_have_attribute("data-backend", "webgpu")
     assert app.requests, "no request was recorded"
     foreign = [u for u in app.requests if not u.startswith((app.server, "blob:", "data:"))]
     assert foreign == []
@@ -116,8 +117,8 @@ def test_generated_png_matches_cpython_pipeline_and_carries_metadata(app, cpu_pi
     record(app, "status")
     name, png = generate_and_download(app)
     stages = recorded(app, "status")
-    assert any("Denoising: step 2 of 2" in s for s in stages), stages
-    assert any("Decoding" in s for s in stages), stages
+    assert any("Drawing: step 2 of 2" in s for s in stages), stages
+    assert any("Finishing the image" in s for s in stages), stages
 
     assert re.fullmatch(r"tiny-sdxl-turbo_\d{8}-\d{6}_7\.png", name), name
     params = read_parameters(png)
@@ -217,7 +218,7 @@ def test_a_run_that_ends_without_an_image_leaves_the_last_one_as_it_was(app):
     fill(app, seed="11", steps="1")
     name, png = generate_and_download(app)
     fill(app, prompt="   ")
-    press_and_wait(app, ending="Stopped.")
+    press_and_wait(app, ending="Not started: see the marked field.")
     with app.expect_download() as info:
         app.get_by_role("button", name="Download").click()
     assert info.value.suggested_filename == name
@@ -229,7 +230,7 @@ def test_a_run_that_ends_without_an_image_leaves_the_last_one_as_it_was(app):
     wait_counter(app, "finished", finished + 1)
     expect(app.locator("#result")).to_be_visible()
     expect(app.locator("#preview")).to_be_hidden()
-    expect(app.locator("#caption")).to_contain_text("Seed 11 · 1 steps")
+    expect(app.locator("#caption")).to_contain_text("Seed 11 · 1 step ·")
     with app.expect_download() as info:
         app.get_by_role("button", name="Download").click()
     assert info.value.suggested_filename == name
@@ -242,10 +243,21 @@ def test_a_run_that_ends_without_an_image_leaves_the_last_one_as_it_was(app):
     ({"steps": "0"}, "Steps must be between 1 and 4"),
     ({"seed": "abc"}, "Seed must be a whole number"),
 ])
-def test_bad_input_is_explained_on_the_page(app, field, message):
+def test_bad_input_is_explained_beside_its_field_not_as_a_failure(app, field, message):
+    """A refused value is said next to its field, which is marked and focused (it used to be "Stopped." and a
+    red line under the progress bar, far from the field)."""
+    name = next(iter(field))
     fill(app, **field)
-    press_and_wait(app, ending="Stopped.")
-    expect(app.get_by_role("alert")).to_contain_text(message)
+    press_and_wait(app, ending="Not started: see the marked field.")
+    box = app.get_by_label(name.capitalize(), exact=True)
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(box).to_be_focused()
+    expect(app.locator(f"#{name}-error")).to_contain_text(message)
+    expect(app.locator("#error")).to_be_hidden()
+    box.press("End")
+    box.type("1")  # editing the field answers its message
+    expect(app.locator(f"#{name}-error")).to_be_hidden()
+    expect(box).not_to_have_attribute("aria-invalid", "true")
 
 
 def test_resolution_the_model_cannot_take_is_explained(app):
@@ -254,5 +266,5 @@ def test_resolution_the_model_cannot_take_is_explained(app):
                             document.getElementById('resolution').appendChild(o); }""")
     app.get_by_label("Resolution").select_option("100x100")
     app.get_by_role("button", name="Generate").click()
-    expect(app.get_by_role("alert")).to_contain_text("cannot make 100x100 images. Choose one of: 64x64")
+    expect(app.locator("#resolution-error")).to_contain_text("cannot make 100x100 images. Choose one of: 64x64")
     app.evaluate("document.querySelector('#resolution option[value=\"100x100\"]').remove()")

@@ -17,7 +17,7 @@ from app.pipeline.bundle import to_uint8
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
 from app.worker.device import pick_variant
-from conftest import BOOT_TIMEOUT_MS, RUN_TIMEOUT_MS, run
+from conftest import RUN_TIMEOUT_MS, expect_ready, run
 from test_browser import fill, generate_and_download
 from test_browser_hub import opfs_json
 from test_browser_real_interfaces import offering, q4f16_entry
@@ -74,7 +74,7 @@ def test_without_shader_f16_the_q4f16_download_is_converted_and_generates(browse
     context = offering(browser.new_context(accept_downloads=True, service_workers="block"), two_variant_entry())
     page = context.new_page()
     page.goto(server)
-    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    expect_ready(page, "webgpu")
     row, message = page.locator(f"#model-{MODEL}"), page.locator(f"#model-{MODEL}-message")
     details = page.locator(f"#model-{MODEL}-details")
     expect(details).to_contain_text("q4 variant")

@@ -10,7 +10,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
-from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, run, tiny_by_default
+from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, expect_ready, run, tiny_by_default
 from test_browser import PIXEL_TOLERANCE, counter, fill, generate_and_download, press_and_wait, record, recorded, wait_counter
 
 pytestmark = pytest.mark.browser
@@ -149,7 +149,7 @@ def test_switching_models_leaves_no_growth_in_gpu_buffers(browser, server):
     with page.expect_worker() as worker_info:
         page.goto(server)
     worker_info.value.evaluate(TRACK_BUFFERS)  # before the worker creates its first session
-    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    expect_ready(page, "webgpu")
     page.locator("#model-tiny-copy").get_by_role("button", name="Install", exact=True).click()
     page.wait_for_function("document.getElementById('model-tiny-copy')?.dataset.state === 'installed'",
                            timeout=BOOT_TIMEOUT_MS)
@@ -170,7 +170,7 @@ def test_without_webgpu_the_page_explains_and_generates_on_wasm(browser_type, se
                                   args=[a for a in CHROMIUM_ARGS if a != "--enable-unsafe-webgpu"])
     page = browser.new_page(accept_downloads=True)
     page.goto(server)
-    expect(page.get_by_role("status")).to_have_text("Ready (wasm).", timeout=BOOT_TIMEOUT_MS)
+    expect_ready(page, "wasm")
     expect(page.get_by_role("note")).to_contain_text("Images are made on the CPU instead")
     fill(page, seed="31", steps="2")
     _, png = generate_and_download(page)

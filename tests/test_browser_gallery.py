@@ -216,7 +216,7 @@ def test_dropping_a_saved_png_restores_its_settings(page, saved):
     scramble(page)
     assert page.evaluate(DROP, [list(png), "from-lantern.png"])
     expect_restored(page, FIRST)
-    expect(page.locator("#gallery-note")).to_have_text("Settings restored from the dropped image.")
+    expect(page.locator("#gallery-note")).to_have_text("Settings restored from the dropped Lantern image.")
 
 
 def test_a_png_from_elsewhere_is_refused_politely(page, saved):

@@ -106,7 +106,7 @@ def test_batch_makes_consecutive_seeds_in_a_grid(app):
     set_options(app)
     app.get_by_label("Images").fill("9")
     app.get_by_role("button", name="Generate").click()
-    expect(app.get_by_role("alert")).to_have_text("Images must be a whole number from 1 to 8.")
+    expect(app.locator("#count-error")).to_have_text("Images must be a whole number from 1 to 8.")
     set_options(app)
 
 
@@ -115,14 +115,14 @@ def test_prompt_history_offers_recent_prompts_and_shows_markup_as_text(app):
     app.get_by_role("button", name="Generate").click()
     fill(app, prompt=HTML_PROMPT, seed="80", steps="9")
     app.get_by_role("button", name="Generate").click()
-    expect(app.get_by_role("alert")).to_contain_text("Steps must be between 1 and 4")
+    expect(app.locator("#steps-error")).to_contain_text("Steps must be between 1 and 4")
     history = app.get_by_label("Recently used")
     options = history.locator("option")
     expect(options.nth(1)).to_have_text(HTML_PROMPT)
     expect(options.nth(2)).to_have_text("first prompt")
     history.select_option("first prompt")
     expect(app.get_by_label("Prompt", exact=True)).to_have_value("first prompt")
-    assert app.locator("#history b, #queue b, #caption b, #error b").count() == 0
+    assert app.locator("#history b, #queue b, #caption b, #error b, .field-error b").count() == 0
 
 
 def test_markup_in_a_prompt_stays_text_in_queue_and_result(app):
@@ -150,8 +150,8 @@ def test_refine_runs_the_refiner_on_the_base_latents_never_holding_both_models(a
     expect(app.get_by_role("button", name="Refine")).to_be_disabled()
     refiner.get_by_role("button", name="Install", exact=True).click()  # the refiner is installed like any model
     expect(refiner).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
-    press_and_wait(app)
-    expect(note).to_have_text("")
+    expect(note).to_have_text("")  # the image on show can be refined now (it used to stay off until the next image)
+    expect(app.get_by_role("button", name="Refine")).to_be_enabled()
     record(app, "status")
     press_and_wait(app, "Refine")
     assert any(t.startswith("Refining: step") for t in recorded(app, "status"))
@@ -188,3 +188,4 @@ def test_refine_runs_the_refiner_on_the_base_latents_never_holding_both_models(a
     assert log[-2:] == ["release tiny-sdxl-turbo", "load tiny-sdxl-refiner"], log
     expect(app.get_by_role("button", name="Refine")).to_be_disabled()
     expect(note).to_have_text("This picture is already refined.")
+    expect(app.locator("#caption")).to_contain_text("· refined ·")

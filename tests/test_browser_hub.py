@@ -17,7 +17,7 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
-from conftest import BOOT_TIMEOUT_MS, ROOT, RUN_TIMEOUT_MS, run, tiny_by_default
+from conftest import ROOT, RUN_TIMEOUT_MS, expect_ready, run, tiny_by_default
 from test_browser import fill, generate_and_download
 from test_browser_real_interfaces import offering
 
@@ -102,7 +102,7 @@ def test_hashes_from_the_host_are_checked_recorded_and_never_trusted_over_the_by
     context.route("https://huggingface.co/**", hub)
     page = context.new_page()
     page.goto(server)
-    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    expect_ready(page, "webgpu")
 
     # A host that gives another size than the site's list: refused before any of its bytes are fetched.
     install(page, "hub-size-liar")
@@ -134,7 +134,7 @@ def test_hashes_from_the_host_are_checked_recorded_and_never_trusted_over_the_by
     context.unroute("https://huggingface.co/**", hub)
     context.route("https://huggingface.co/**", lambda route: route.abort())
     page.reload()
-    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    expect_ready(page, "webgpu")
     expect(page.locator("#model-hub-honest")).to_have_attribute("data-state", "installed")
     page.get_by_label("Model", exact=True).select_option("hub-honest")
     fill(page, prompt="a photo of a cat", seed="11", steps="2")

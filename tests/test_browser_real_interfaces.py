@@ -16,7 +16,7 @@ from app.pipeline.bundle import to_uint8
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
 from app.worker.device import pick_variant
-from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, ROOT, RUN_TIMEOUT_MS, run
+from conftest import CHROMIUM_ARGS, ROOT, RUN_TIMEOUT_MS, expect_ready, run
 from test_browser import fill, generate_and_download
 from test_real_interfaces import CONDITIONING, FP16_FIDELITY, FREE_DIMENSIONS, PARTS, Q4F16, q4f16_files
 
@@ -54,7 +54,7 @@ def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type
         context = offering(browser.new_context(accept_downloads=True, service_workers="block"), extra)
         page = context.new_page()
         page.goto(server)
-        expect(page.get_by_role("status")).to_have_text("Ready (wasm).", timeout=BOOT_TIMEOUT_MS)
+        expect_ready(page, "wasm")
         row = page.locator(f"#model-{MODEL}")
         row.get_by_role("button", name="Install", exact=True).click()
         expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
@@ -80,7 +80,7 @@ def test_a_first_visit_offers_sdxl_turbo_in_the_variant_this_device_gets_and_rem
     context = browser.new_context(service_workers="block")
     page = context.new_page()
     page.goto(server)
-    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    expect_ready(page, "webgpu")
     model = page.get_by_label("Model", exact=True)
     expect(model).to_have_value("sdxl-turbo")
     details = page.locator("#model-sdxl-turbo-details")
@@ -95,6 +95,6 @@ def test_a_first_visit_offers_sdxl_turbo_in_the_variant_this_device_gets_and_rem
     expect(tiny).to_contain_text("License: CC0-1.0")
     model.select_option("tiny-sdxl-turbo")
     page.reload()
-    expect(page.get_by_role("status")).to_have_text("Ready (webgpu).", timeout=BOOT_TIMEOUT_MS)
+    expect_ready(page, "webgpu")
     expect(model).to_have_value("tiny-sdxl-turbo")
     context.close()

@@ -25,10 +25,10 @@ def lantern_png(parameters=PARAMS, size=(64, 96)):
     return encode_png(np.full((*size, 3), 128, np.uint8), parameters)
 
 
-def plain_png(text=None):
+def plain_png(*texts):
     info = PngImagePlugin.PngInfo()
-    if text is not None:
-        info.add_text(*text)
+    for key, text in texts:
+        info.add_text(key, text)
     out = io.BytesIO()
     Image.new("RGB", (20, 10), "red").save(out, format="PNG", pnginfo=info)
     return out.getvalue()
@@ -96,28 +96,65 @@ def test_thumbnail_is_small_png_with_the_aspect_kept():
 
 
 def test_settings_come_back_from_a_lantern_png():
-    settings, message = gallery.settings_from_png(lantern_png())
-    assert message == ""
+    settings, message, source = gallery.settings_from_png(lantern_png())
+    assert message == "" and source == "lantern"
     assert settings == {"prompt": "A Lighthouse at dusk", "seed": "4294967295", "steps": 2, "height": 64, "width": 96,
                         "model": "tiny-sdxl-turbo"}
 
 
+A1111 = """a lighthouse, "golden hour", (rain:1.2)
+oil on canvas
+Negative prompt: blurry, lowres
+Steps: 20, Sampler: DPM++ 2M, CFG scale: 7, Seed: 1234567890123, Size: 832x1216, Model hash: 31e35c80fc, \
+Model: "sd_xl: base", Version: v1.10.1"""
+
+
+def test_settings_found_in_a_png_from_another_tool_come_back_as_far_as_they_are_usable():
+    assert gallery.settings_from_png(plain_png(("parameters", A1111))) == ({
+        "prompt": 'a lighthouse, "golden hour", (rain:1.2)\noil on canvas', "seed": "1234567890123", "steps": 20,
+        "height": 1216, "width": 832, "model": "sd_xl: base"}, "", "a1111")
+    unusable = "猫\nSteps: 5000, Seed: 99999999999999999999999, Size: 20000x512, Model: "  # all beyond LIMITS
+    assert gallery.settings_from_png(plain_png(("parameters", unusable))) == ({"prompt": "猫"}, "", "a1111")
+    invokeai = {"positive_prompt": "a fox", "negative_prompt": "blurry", "seed": 7, "steps": 30, "width": 1024,
+                "height": 768, "model": {"model_name": "juggernaut", "base_model": "sdxl"}}
+    assert gallery.settings_from_png(plain_png(("invokeai_metadata", json.dumps(invokeai)))) == ({
+        "prompt": "a fox", "seed": "7", "steps": 30, "height": 768, "width": 1024, "model": "juggernaut"},
+        "", "invokeai")
+    garbage = dict(invokeai, positive_prompt="  ", steps=True, height=None, model=["x"])  # a width alone is no size
+    assert gallery.settings_from_png(plain_png(("invokeai_metadata", json.dumps(garbage)))) == ({"seed": "7"}, "",
+                                                                                                  "invokeai")
+
+
 def test_other_files_are_refused_politely():
-    assert gallery.settings_from_png(plain_png()) == (None, gallery.NOT_LANTERN)
-    assert gallery.settings_from_png(plain_png(("parameters", "from another tool"))) == (None, gallery.NOT_LANTERN)
-    assert gallery.NOT_LANTERN == "This PNG was not made by Lantern, so it has no settings to restore."
-    assert gallery.settings_from_png(b"GIF89a....") == (None, gallery.NOT_PNG)
-    assert gallery.settings_from_png(b"") == (None, gallery.NOT_PNG)
-    assert gallery.settings_from_png(plain_png()[:40]) == (None, gallery.NOT_PNG)  # truncated
-    assert gallery.settings_from_png(plain_png(("lantern", "{not json"))) == (None, gallery.DAMAGED)
-    assert gallery.settings_from_png(plain_png(("lantern", json.dumps({"prompt": "x"})))) == (None, gallery.DAMAGED)
+    refused = (None, gallery.NOT_LANTERN, "")
+    assert gallery.settings_from_png(plain_png()) == refused
+    assert gallery.settings_from_png(plain_png(("parameters", "from another tool"))) == refused
+    assert gallery.settings_from_png(plain_png(("parameters", "\nSteps: 0, Seed: x, Size: 64x"))) == refused
+    assert gallery.settings_from_png(plain_png(("invokeai_metadata", "{not json"))) == refused
+    assert gallery.settings_from_png(plain_png(("invokeai_metadata", '{"seed": true, "steps": 0}'))) == refused
+    assert gallery.NOT_LANTERN == ("This PNG has no generation settings Lantern can read, "
+                                   "so there is nothing to restore.")
+    assert gallery.settings_from_png(b"GIF89a....") == (None, gallery.NOT_PNG, "")
+    assert gallery.settings_from_png(b"") == (None, gallery.NOT_PNG, "")
+    assert gallery.settings_from_png(plain_png()[:40]) == (None, gallery.NOT_PNG, "")  # truncated
+    assert gallery.settings_from_png(plain_png(("lantern", "{not json"))) == (None, gallery.DAMAGED, "")
+    assert gallery.settings_from_png(plain_png(("lantern", json.dumps({"prompt": "x"})))) == (None, gallery.DAMAGED, "")
+    # A damaged Lantern chunk is not passed over for the other tools' text next to it.
+    assert gallery.settings_from_png(plain_png(("lantern", "{"), ("parameters", A1111))) == (None, gallery.DAMAGED, "")
+
+
+def test_a_large_text_from_another_tool_is_refused_unread():
+    settings, message, source = gallery.settings_from_png(plain_png(("parameters", "x" * 300_000 + "\nSteps: 2")))
+    assert settings is None and source == ""
+    assert message == ("This PNG's Lantern settings are larger than any Lantern writes (its text is 0.3 MiB), "
+                       "so they were not read.")
 
 
 @pytest.mark.parametrize("change", [{"steps": 10**30}, {"seed": -1}, {"height": 0}, {"width": 10**6}])
 def test_restored_numbers_outside_what_the_page_can_hold_are_refused(change):
     params = dict(PARAMS, **change)
     png = plain_png(("lantern", json.dumps(params)))
-    assert gallery.settings_from_png(png) == (None, gallery.DAMAGED)
+    assert gallery.settings_from_png(png) == (None, gallery.DAMAGED, "")
 
 
 def test_orphans_are_leftovers_of_interrupted_saves_old_enough():
@@ -145,11 +182,17 @@ def test_reading_a_dropped_png_posts_its_settings_without_storage():
     posted = []
     run(gallery.handle({"type": "gallery-read", "png": memoryview(lantern_png())},
                                lambda m, transfer=(): posted.append(m)))
-    assert posted == [{"type": "gallery-settings", "parameters": gallery.page_settings(PARAMS), "message": ""}]
+    assert posted == [{"type": "gallery-settings", "parameters": gallery.page_settings(PARAMS), "message": "",
+                       "source": "lantern"}]
+    posted.clear()
+    run(gallery.handle({"type": "gallery-read", "png": memoryview(plain_png(("parameters", "a fox\nSteps: 3")))},
+                               lambda m, transfer=(): posted.append(m)))
+    assert posted == [{"type": "gallery-settings", "parameters": {"prompt": "a fox", "steps": 3}, "message": "",
+                       "source": "a1111"}]
     posted.clear()
     run(gallery.handle({"type": "gallery-read", "png": memoryview(plain_png())},
                                lambda m, transfer=(): posted.append(m)))
-    assert posted == [{"type": "gallery-settings", "parameters": {}, "message": gallery.NOT_LANTERN}]
+    assert posted == [{"type": "gallery-settings", "parameters": {}, "message": gallery.NOT_LANTERN, "source": ""}]
 
 
 def test_bad_keys_are_answered_without_touching_storage():

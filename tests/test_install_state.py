@@ -43,3 +43,15 @@ def test_only_import_copies_a_closed_tab_left_are_stale():
 
 def test_a_folder_keeps_what_its_files_take_records_aside():
     assert kept_bytes({"a" * 64: 100, "b" * 64 + PARTIAL: 20, RECORD: 50, WANTED: 10}) == 120
+
+
+def test_a_download_promises_no_time_left_before_it_has_a_second_of_samples():
+    """A burst of reads at the start (buffers filling) once gave "0 s left" at 44%."""
+    from app.store.download import Rate
+
+    rate = Rate()
+    for i in range(50):  # 50 MB in 50 ms
+        rate.add(10 + i / 1000, (i + 1) * 1_000_000)
+    assert rate.speed() > 0 and rate.eta(50_000_000) is None
+    rate.add(11.2, 60_000_000)
+    assert rate.eta(60_000_000) == 60_000_000 / rate.speed()

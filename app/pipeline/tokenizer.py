@@ -22,6 +22,10 @@ class ClipTokenizer:
             pad = pad["content"]
         self.pad_id = vocab[pad]
 
+    def count(self, text: str) -> int:
+        """Tokens in `text`, without the start and end tokens: CLIP reads the first max_length - 2."""
+        return len(self._encode(text)) - 2
+
     def __call__(self, text: str) -> list[int]:
         ids = list(self._encode(text))
         if len(ids) > self.max_length:

@@ -53,7 +53,11 @@ class Mismatch(InstallError):
 
 
 class Rate:
-    """Speed over the last few seconds, and the time left at that speed."""
+    """Speed over the last few seconds, and the time left at that speed. No estimate until a second of
+    samples is in: the first reads come in a burst (buffers filling), and a speed taken over them
+    promised "0 s left" at 44%."""
+
+    MIN_SPAN = 1.0
 
     def __init__(self, window: float = 3.0):
         self.window = window
@@ -72,7 +76,9 @@ class Rate:
 
     def eta(self, remaining: int) -> float | None:
         speed = self.speed()
-        return remaining / speed if speed > 0 else None
+        if speed <= 0 or self.samples[-1][0] - self.samples[0][0] < self.MIN_SPAN:
+            return None
+        return remaining / speed
 
 
 class Partial:

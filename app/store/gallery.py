@@ -1,7 +1,7 @@
 """The gallery (worker side): auto-saved results, kept in the Origin Private File System (OPFS).
 
 The OPFS folder gallery/ holds, per image (key = "<created, ms since epoch>-<6 hex digits>"):
-  <key>.png        the PNG exactly as generated (its settings are also in its own text chunk)
+  <key>.png        the PNG exactly as generated (its settings are also in its own text chunks)
   <key>.thumb.png  a small preview for the list, at most THUMB_SIZE px a side
   <key>.json       {key, created, parameters}
 The .json is written last and deleted first, so an image is listed only while all its files are
@@ -15,9 +15,12 @@ Worker -> page:  {type: "gallery-items", query, entries, total}     newest first
                  {type: "gallery-saved", id, entry}                  after an auto-save
                  {type: "gallery-item", key, png (ArrayBuffer), filename, parameters}
                  {type: "gallery-deleted", key}
-                 {type: "gallery-settings", parameters, message}    message is "" unless refused
+                 {type: "gallery-settings", parameters, message, source}
                  {type: "gallery-error", key, message}
 entry = {key, prompt, seed, steps, height, width, model, filename, thumb (ArrayBuffer)}.
+gallery-settings: source "lantern" (a Lantern PNG) comes with every setting; "a1111" or "invokeai" (a
+PNG from Automatic1111 or InvokeAI) with only those found and valid, height and width together or not
+at all; a refused file with parameters {}, source "" and a message, which is "" otherwise.
 Seeds travel as decimal text: the page's MicroPython reads JS numbers as 32-bit integers, and a
 seed goes up to 2**32 - 1.
 
@@ -35,7 +38,7 @@ import traceback
 from PIL import Image
 
 from .opfs import entry_names, file_sizes, js_bytes, options, remove, storage_failure
-from .png import TextTooLong, TooLarge, read_parameters
+from .png import TextTooLong, TooLarge, read_foreign_settings, read_parameters
 
 FOLDER = "gallery"
 THUMB_SIZE = 128
@@ -44,7 +47,7 @@ ORPHAN_GRACE_MS = 10 * 60 * 1000  # files without a .json this old are leftovers
 KEY_RE = re.compile(r"\d{13}-[0-9a-f]{6}")
 FIELDS = {"prompt": str, "seed": int, "steps": int, "height": int, "width": int, "model": str}
 
-NOT_LANTERN = "This PNG was not made by Lantern, so it has no settings to restore."
+NOT_LANTERN = "This PNG has no generation settings Lantern can read, so there is nothing to restore."
 NOT_PNG = "This file is not a PNG image, so it has no settings to restore."
 DAMAGED = "This PNG's Lantern settings are damaged or incomplete, so they cannot be restored."
 MISSING = "This image is no longer in the gallery."
@@ -65,18 +68,19 @@ def valid_key(key) -> bool:
 LIMITS = {"seed": (0, 2**64 - 1), "steps": (1, 1000), "height": (1, 16384), "width": (1, 16384)}
 
 
+def _valid(name: str, value) -> bool:
+    """Whether `value` has the type of setting `name` and is within LIMITS."""
+    if not isinstance(value, FIELDS[name]) or isinstance(value, bool):
+        return False
+    low, high = LIMITS.get(name, (value, value))
+    return low <= value <= high
+
+
 def checked_parameters(parameters):
     """`parameters` if it has every setting with the right type and within LIMITS, else None (extra keys
     are kept)."""
-    if not isinstance(parameters, dict):
+    if not isinstance(parameters, dict) or not all(_valid(name, parameters.get(name)) for name in FIELDS):
         return None
-    for name, kind in FIELDS.items():
-        value = parameters.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return None
-        low, high = LIMITS.get(name, (value, value))
-        if not low <= value <= high:
-            return None
     return parameters
 
 
@@ -118,6 +122,19 @@ def page_settings(parameters: dict) -> dict:
             "height": parameters["height"], "width": parameters["width"], "model": parameters["model"]}
 
 
+def partial_settings(found: dict) -> dict:
+    """The settings another tool stored that the page can put back: each of the right type, within LIMITS
+    and not blank; height and width only together; the seed as text, as in `page_settings`."""
+    kept = {name: value for name, value in found.items()
+            if name in FIELDS and _valid(name, value) and (FIELDS[name] is not str or value.strip())}
+    if ("height" in kept) != ("width" in kept):
+        kept.pop("height", None)
+        kept.pop("width", None)
+    if "seed" in kept:
+        kept["seed"] = str(kept["seed"])
+    return kept
+
+
 def entry(record: dict) -> dict:
     """A list entry for the page, without its thumbnail."""
     return dict(page_settings(record["parameters"]), key=record["key"],
@@ -134,24 +151,28 @@ def make_thumbnail(png: bytes, size: int = THUMB_SIZE) -> bytes:
 
 
 def settings_from_png(data: bytes):
-    """(settings for the page, "") from a Lantern PNG, or (None, a polite reason) otherwise."""
+    """(settings for the page, "", source) from a PNG with settings (see gallery-settings in the module
+    docstring), or (None, a polite reason, "") otherwise."""
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None, NOT_PNG
+        return None, NOT_PNG, ""
     try:
         parameters = read_parameters(data)
+        foreign = read_foreign_settings(data) if parameters is None else None
     except TextTooLong as e:
-        return None, f"This PNG's Lantern settings are larger than any Lantern writes ({e}), so they were not read."
+        return None, f"This PNG's Lantern settings are larger than any Lantern writes ({e}), so they were not read.", ""
     except TooLarge as e:
-        return None, f"This image is larger than any Lantern makes ({e}), so its settings were not read."
+        return None, f"This image is larger than any Lantern makes ({e}), so its settings were not read.", ""
     except (json.JSONDecodeError, UnicodeDecodeError):  # the chunk is there but its text is broken
-        return None, DAMAGED
+        return None, DAMAGED, ""
     except Exception:  # Pillow reports broken files as OSError, SyntaxError, ValueError...
-        return None, NOT_PNG
-    if parameters is None:
-        return None, NOT_LANTERN
-    if checked_parameters(parameters) is None:
-        return None, DAMAGED
-    return page_settings(parameters), ""
+        return None, NOT_PNG, ""
+    if parameters is not None:
+        if checked_parameters(parameters) is None:
+            return None, DAMAGED, ""
+        return page_settings(parameters), "", "lantern"
+    source, found = foreign or ("", {})
+    settings = partial_settings(found)
+    return (settings, "", source) if settings else (None, NOT_LANTERN, "")
 
 
 def orphans(names, now_ms: int, grace_ms: int = ORPHAN_GRACE_MS):
@@ -293,8 +314,8 @@ async def handle(msg, post):
     kind, key = msg.get("type"), msg.get("key")
     try:
         if kind == "gallery-read":  # nothing stored is touched: no need to wait for the lock
-            parameters, message = settings_from_png(as_bytes(msg.get("png")))
-            post({"type": "gallery-settings", "parameters": parameters or {}, "message": message})
+            parameters, message, source = settings_from_png(as_bytes(msg.get("png")))
+            post({"type": "gallery-settings", "parameters": parameters or {}, "message": message, "source": source})
             return
         if kind in ("gallery-get", "gallery-delete") and not valid_key(key):
             post({"type": "gallery-error", "key": str(key), "message": MISSING})

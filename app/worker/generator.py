@@ -1,6 +1,7 @@
 """The GPU work a request asks for: load a model (one at a time), generate, refine, deliver the
 image, bench the device; and how an unexpected failure is described to the page."""
 
+import asyncio
 import time
 
 import js
@@ -67,16 +68,6 @@ class Generator:
     def refiner_for(self, model_id):
         return next((m for m, e in self.models.items() if model_id in e.get("refines", [])), None)
 
-    def refine_note(self, model_id) -> str:
-        """Why Refine cannot run on this model's pictures, for the Refine control ("" when it can)."""
-        refiner = self.refiner_for(model_id)
-        if refiner is None:
-            return (f"No refiner is offered for {self.models[model_id]['name']}: no SDXL refiner small enough "
-                    "for a browser exists yet.")
-        if self.installer.state(refiner) != "installed":
-            return f"Refine needs {self.models[refiner]['name']}: install it in the Models panel."
-        return ""
-
     def report_failure(self, job_id, error, params):
         if isinstance(error, (DeviceLost, GpuOutOfMemory)):
             kind = "device-lost" if isinstance(error, DeviceLost) else "oom"
@@ -103,13 +94,13 @@ class Generator:
         request = parse_request(raw, self.models)
         reason = unsuitable(self.models[request.model], self.caps)
         if reason:
-            raise InputError(reason)
+            raise InputError(reason, "model")
         return request
 
     async def generate(self, job_id, raw, resume=None):
         request = self.checked_request(raw)
         if self.models[request.model].get("pipeline") == "sdxl-refiner":
-            raise InputError(f"{self.models[request.model]['name']} refines images; choose a base model to generate.")
+            raise InputError(f"{self.models[request.model]['name']} refines images; choose a base model to generate.", "model")
         started = time.perf_counter()
         progress = Progress(job_id, self.queue, request.steps, "denoise", parse_preview_every(raw))
         await progress.on_stage("load")
@@ -121,8 +112,7 @@ class Generator:
                                     on_stage=progress.on_stage, on_step=progress.on_step, resume=resume)
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           app_version=__version__)
-        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw,
-                           self.refine_note(request.model))
+        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
 
     async def refine(self, job_id, raw, resume, base_latents):
         """The refiner's img2img pass over a base result's final latents (sent back by the page)."""
@@ -146,16 +136,15 @@ class Generator:
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           refiner=refiner_id, refiner_sha256=bundle_sha256(entry), refiner_strength=strength,
                           refiner_steps=steps, app_version=__version__)
-        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw,
-                           "This picture is already refined.")
+        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
 
-    async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw, refine_note):
+    async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw):
         """The finished image: pixels first as an ImageBitmap, then the PNG (slow to encode when large)."""
         rgb = to_uint8(image)
         bitmap = await image_bitmap(rgb)
         timing = {"total_ms": (time.perf_counter() - started) * 1000, "preview_ms": preview_ms}
-        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"], "timing": timing,
-              "refine_note": refine_note}, transfer=[bitmap])
+        post({"type": "result", "id": job_id, "bitmap": bitmap, "backend": self.caps["backend"], "timing": timing},
+             transfer=[bitmap])
         png = encode_png(rgb, parameters)
         buffer = bytes_buffer(png)
         # The seed also goes as text: the page's MicroPython reads JS numbers as 32-bit signed integers.
@@ -168,10 +157,16 @@ class Generator:
     async def bench(self, job_id):
         """Time the bundled bench model on this device; tier presets for every usable model."""
         model_id = next(m for m, e in self.models.items() if e.get("bench"))
+        async def report(stage, step=0, steps=1):
+            post({"type": "progress", "id": job_id, "stage": stage, "step": step, "steps": steps,
+                  "fraction": step / steps})
+            await asyncio.sleep(0)
+
         async with held(BENCH_LOCK):  # one tab measures at a time: two at once would slow each other's figures
+            await report("bench prepare")
             await self.installer.ensure(model_id)  # the small calibration model is installed on first use
             pipe = await self.pipeline(model_id, None)
-            result = await bench(pipe)
+            result = await bench(pipe, on_run=lambda k, n: report("bench run", k, n))
         tier = result["tier"]
         result["presets"] = {
             m: {"resolution": "{}x{}".format(*default_resolution(e, tier)), "steps": PRESETS[tier].steps,

@@ -41,7 +41,7 @@ class JobQueue:
         except Cancelled:
             post({"type": "cancelled", "id": job_id})
         except (InputError, InstallError) as e:
-            post({"type": "error", "id": job_id, "message": str(e), "kind": "input"})
+            post({"type": "error", "id": job_id, "message": str(e), "kind": "input", "field": getattr(e, "field", "")})
         except Exception as e:
             traceback.print_exc()
             self.report_failure(job_id, e, args[0] if args else None)

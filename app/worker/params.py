@@ -12,7 +12,12 @@ MAX_PROMPT_CHARS = 2000
 
 
 class InputError(ValueError):
-    """A request the app refuses; the message is shown to the user as is."""
+    """A request the app refuses; the message is shown to the user as is, next to `field` (the id of the
+    page's control it is about) when there is one."""
+
+    def __init__(self, message, field=""):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -28,13 +33,13 @@ class Request:
         return asdict(self)
 
 
-def _integer(value, what):
+def _integer(value, what, field):
     # ASCII digits only, and few of them: str.isdigit() also takes "²", which int() refuses, and int()
     # refuses numbers of more than 4,300 digits.
     text = str(value).strip()
     if not re.fullmatch(r"-?[0-9]{1,30}", text):
         shown = text if len(text) <= 40 else text[:40] + "…"
-        raise InputError(f"{what} must be a whole number, not {shown!r}.")
+        raise InputError(f"{what} must be a whole number, not {shown!r}.", field)
     return int(text)
 
 
@@ -44,37 +49,37 @@ def parse_resolution(value) -> tuple[int, int]:
         h, w = (value.lower().split("x") if isinstance(value, str) else value)
         return int(h), int(w)
     except (ValueError, TypeError, AttributeError):
-        raise InputError(f"Resolution must look like 512x512, not {value!r}.") from None
+        raise InputError(f"Resolution must look like 512x512, not {value!r}.", "resolution") from None
 
 
 def parse_request(raw: dict, models: dict) -> Request:
     """A checked Request from the page's raw fields; `models` maps model id -> manifest entry."""
     model = str(raw.get("model") or "")
     if model not in models:
-        raise InputError(f"Unknown model {model!r}. Choose one from the Model list.")
+        raise InputError(f"Unknown model {model!r}. Choose one from the Model list.", "model")
     prompt = str(raw.get("prompt") or "").strip()
     if not prompt:
-        raise InputError("Please enter a prompt describing the image you want.")
+        raise InputError("Please enter a prompt describing the image you want.", "prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InputError(f"The prompt is {len(prompt):,} characters long; Lantern takes up to {MAX_PROMPT_CHARS:,} "
-                         "(and the model reads only about the first 300). Shorten it.")
-    seed = _integer(raw.get("seed", ""), "Seed")
+                         "(and the model reads only about the first 300). Shorten it.", "prompt")
+    seed = _integer(raw.get("seed", ""), "Seed", "seed")
     if not 0 <= seed <= MAX_SEED:
-        raise InputError(f"Seed must be between 0 and {MAX_SEED}.")
-    steps = _integer(raw.get("steps", ""), "Steps")
+        raise InputError(f"Seed must be between 0 and {MAX_SEED}.", "seed")
+    steps = _integer(raw.get("steps", ""), "Steps", "steps")
     if not MIN_STEPS <= steps <= MAX_STEPS:
-        raise InputError(f"Steps must be between {MIN_STEPS} and {MAX_STEPS} (SDXL-Turbo needs only a few).")
+        raise InputError(f"Steps must be between {MIN_STEPS} and {MAX_STEPS} (SDXL-Turbo needs only a few).", "steps")
     height, width = parse_resolution(raw.get("resolution", ""))
     allowed = [tuple(r) for r in models[model]["resolutions"]]
     if (height, width) not in allowed:
         choices = ", ".join(f"{h}x{w}" for h, w in allowed)
-        raise InputError(f"{models[model]['name']} cannot make {height}x{width} images. Choose one of: {choices}.")
+        raise InputError(f"{models[model]['name']} cannot make {height}x{width} images. Choose one of: {choices}.", "resolution")
     return Request(prompt, seed, steps, height, width, model)
 
 
 def parse_preview_every(raw: dict) -> int:
     """Steps between previews (0 = none); not part of what makes the image."""
-    every = _integer(raw.get("preview_every", 0) or 0, "Preview every")
+    every = _integer(raw.get("preview_every", 0) or 0, "Preview every", "preview-every")
     if not 0 <= every <= MAX_STEPS:
-        raise InputError(f"Preview every must be between 0 (no previews) and {MAX_STEPS} steps.")
+        raise InputError(f"Preview every must be between 0 (no previews) and {MAX_STEPS} steps.", "preview-every")
     return every

@@ -3,20 +3,21 @@
 Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model, preview_every, autosave},
                   resume?: {step, latents (Float32Array)}}
                  {type: "refine", id, params (the base image's), latents (its final latents), resume?}
-                 {type: "cancel", id}      {type: "bench", id}
+                 {type: "cancel", id}      {type: "bench", id}      {type: "tokens", model, text}
                  install, install-cancel, model-delete, model-verify, model-import, models-free-unlisted: see
                  app/store/installer.py
 Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "queued", id, ahead}
-                 {type: "progress", id, stage, step, steps, fraction}
+                 {type: "progress", id, stage, step, steps, fraction}   (the bench's stages: "bench prepare", "bench run")
                  {type: "checkpoint", id, step, latents (Float32Array, transferred)}
                  {type: "preview", id, step, kind: "approx" | "vae", bitmap (ImageBitmap, transferred)}
-                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms},
-                  refine_note ("" when Refine can run on it)}
+                 {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}}
                  {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
                  {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
                  {type: "cancelled", id}
-                 {type: "error", id, message, kind: "input" | "run" | "device-lost" | "oom", retry?}
+                 {type: "tokens", model, text, count, limit}: see tokens.py
+                 {type: "error", id, message, kind: "input" | "run" | "device-lost" | "oom", retry?,
+                  field? (input errors: the id of the page control it is about, or "")}
                  {type: "models", ...}: install states and storage, see app/store/installer.py
 GPU work goes through one queue (jobs.py): a second request waits its turn; cancel works queued or running.
 After a "device-lost" or "oom" error the page replaces this worker (a fresh GPU device, nothing
@@ -35,6 +36,7 @@ from .capabilities import capabilities
 from .device import pick_variant, unsuitable
 from .generator import Generator
 from .messages import post
+from .tokens import TokenCounter
 
 
 class Worker:
@@ -46,6 +48,7 @@ class Worker:
         self.models = {m: pick_variant(e, caps) for m, e in models_by_id({"models": entries}).items()}
         self.installer = Installer(self.models, post, rejected)
         self.generator = Generator(self.models, caps, self.installer)
+        self.tokens = TokenCounter(self.models, self.installer)
 
     async def on_gallery(self, msg):
         await gallery.handle(msg, post)
@@ -65,6 +68,8 @@ class Worker:
             asyncio.ensure_future(queue.run(msg["id"], generator.bench))
         elif kind == "cancel":
             queue.cancel(msg["id"])
+        elif kind == "tokens":  # reads two small files: no need to wait for the GPU
+            asyncio.ensure_future(self.tokens.handle(msg))
         elif kind and kind.startswith("gallery-"):  # storage only: no need to wait for the GPU
             asyncio.ensure_future(self.on_gallery(msg))
         elif kind in ("install", "install-cancel", "model-delete", "model-verify") and msg.get("model") in self.models:
@@ -101,7 +106,7 @@ async def start(manifest_url: str):
     worker = Worker(entries, caps, rejected)
     models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
                "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, caps) or "",
-               "bench": bool(m.get("bench"))}
+               "bench": bool(m.get("bench")), "refines": m.get("refines", [])}
               for m in worker.models.values()]
     post({"type": "ready", "models": models, "capabilities": caps, "version": __version__,
           "manifest_problem": problem, "rejected": rejected})
