@@ -25,6 +25,8 @@ def size_text(mb):
 def time_text(seconds):
     if seconds < 0:
         return ""
+    if seconds < 5:
+        return "a few seconds left"
     if seconds < 90:
         return f"{seconds:.0f} s left"
     return f"{seconds / 60:.0f} min left"

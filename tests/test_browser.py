@@ -25,7 +25,8 @@ def fill(page, prompt=PROMPT, seed="7", steps="2", resolution="64x64"):
     page.get_by_label("Prompt").fill(prompt)
     page.get_by_label("Seed", exact=True).fill(seed)
     page.get_by_label("Steps").fill(steps)
-    page.get_by_label("Resolution").select_option(resolution)
+    if resolution:  # not before the page is ready: the model's sizes are not listed yet
+        page.get_by_label("Resolution").select_option(resolution)
 
 
 # Tests never wait for a status text that may come and go between two looks: they wait for the

@@ -52,7 +52,7 @@ TRACK_BUFFERS = """(() => {
 
 
 def test_device_panel_shows_capabilities_and_measured_tier(app):
-    app.get_by_text("Device", exact=True).click()
+    app.get_by_text("Device details", exact=True).click()
     panel = app.locator("#device")
     expect(panel).to_contain_text("WebGPU")
     expect(panel).to_contain_text("Software adapter")  # SwiftShader is a fallback adapter
@@ -67,7 +67,7 @@ def test_device_panel_shows_capabilities_and_measured_tier(app):
     app.get_by_role("button", name="Re-run benchmark").click()
     wait_counter(app, "measured", measured + 1, "#tier")
     expect(tier).to_contain_text(" ms (runs: ")
-    app.get_by_text("Device", exact=True).click()
+    app.get_by_text("Device details", exact=True).click()
 
 
 def test_device_lost_mid_run_recovers_and_finishes_identically_10_of_10(app):

@@ -291,7 +291,7 @@ def test_device_bench_that_cannot_install_its_model_says_so_and_can_be_re_run(pa
     remove(page, bench_model)
     fault_server.faults[f"/models/{bench_model}/unet/model.onnx"] = {"status": 404}
     tier = page.locator("#tier")
-    page.get_by_text("Device", exact=True).click()  # the panel with the tier
+    page.get_by_text("Device details", exact=True).click()  # the panel with the tier
     page.get_by_role("button", name="Re-run benchmark").click()
     page.wait_for_function("document.getElementById('tier').textContent.includes('not measured')",
                            timeout=INSTALL_TIMEOUT_MS)
@@ -301,7 +301,7 @@ def test_device_bench_that_cannot_install_its_model_says_so_and_can_be_re_run(pa
     page.wait_for_function("document.getElementById('tier').textContent.includes(' ms (runs: ')",
                            timeout=INSTALL_TIMEOUT_MS * 2)
     assert state(page, bench_model) == "installed"
-    page.get_by_text("Device", exact=True).click()
+    page.get_by_text("Device details", exact=True).click()
 
 
 def test_a_bad_stall_option_in_the_address_says_so_and_the_usual_wait_applies(page):
