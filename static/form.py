@@ -75,7 +75,8 @@ def render_history(history):
         select.remove(1)
     for prompt in history:
         option = document.createElement("option")
-        option.value = option.textContent = prompt  # text, never markup
+        option.value = prompt
+        option.textContent = prompt if len(prompt) <= 90 else prompt[:89] + "…"  # text, never markup
         select.appendChild(option)
 
 

@@ -111,9 +111,8 @@ def on_progress(msg):
 
 
 def on_queued(msg):
-    if msg.id in jobs:
-        set_status(f"Waiting: {ahead['bench']}" if ahead["bench"] and len(jobs) == 1 else
-                   "Waiting for the images asked for earlier…")
+    if jobs and msg.id == min(jobs):  # nothing the visitor asked for is ahead of it: say what is
+        set_status(f"Waiting: {ahead['bench']}" if ahead["bench"] else "Waiting for the GPU…")
 
 
 def set_ahead(text):

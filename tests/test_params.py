@@ -29,6 +29,7 @@ def test_a_good_request_is_parsed():
     ("resolution", "big", "Resolution must look like 512x512"),
     ("model", "nope", "Unknown model 'nope'"),
 ])
-def test_bad_input_gets_a_clear_message(field, value, message):
-    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
+def test_bad_input_gets_a_clear_message_about_its_field(field, value, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")) as refused:
         parse_request({**GOOD, field: value}, MODELS)
+    assert refused.value.field == field  # the page says it beside that control
