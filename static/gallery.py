@@ -338,6 +338,8 @@ def build(section):
     search = make("span", head, None, **{"class": "gallery-search"})
     make("label", search, "Search gallery", **{"for": "gallery-search"})
     make("input", search, None, type="search", id="gallery-search", autocomplete="off")
+    make("p", section, "Drop a PNG made by Lantern, Automatic1111 or InvokeAI anywhere on this page to restore "
+         "its settings.", **{"class": "hint"})
     make("p", section, None, id="gallery-note", aria_live="polite")
     make("ul", section, None, id="gallery-list")
 
