@@ -151,8 +151,9 @@ def show_last():
 
 
 def on_cancelled(msg):
-    finish(msg.id, "Cancelled.")
-    show_last()
+    if msg.id in jobs:  # not one the page dropped from its queue already (that one changed nothing on show)
+        finish(msg.id, "Cancelled.")
+        show_last()
 
 
 def download(event):
