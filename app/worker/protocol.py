@@ -101,8 +101,7 @@ async def read_manifest(url: str):
 
 
 async def start(manifest_url: str):
-    entries, rejected, problem = await read_manifest(manifest_url)
-    caps = await capabilities()
+    (entries, rejected, problem), caps = await asyncio.gather(read_manifest(manifest_url), capabilities())
     worker = Worker(entries, caps, rejected)
     models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
                "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, caps) or "",
