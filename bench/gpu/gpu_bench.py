@@ -97,15 +97,16 @@ async def main():
         print(f"| {size}, {steps} | {t['encode prompt']:.1f} | {t['step 1']:.1f} | {median_text(later)} | "
               f"{t['decode']:.1f} | {t['total']:.1f} |")
 
-    # The last size's UNet call: through the app (numpy in, numpy out) and from plain JS on the same session.
+    # The last size's UNet call through the app (numpy in, numpy out) and from plain JS on the same session
+    # with the same feeds, taken in turns so that a drift of the machine touches both alike.
     runs = int(options.runs)
-    app_ms = []
+    feeds = _js({k: to_tensor(v) for k, v in last["feeds"].items()})
+    app_ms, raw_ms = [], []
     for _ in range(runs):
         t0 = time.perf_counter()
         await pipe.unet.run(last["feeds"], last["names"])
         app_ms.append(ms_since(t0))
-    feeds = _js({k: to_tensor(v) for k, v in last["feeds"].items()})
-    raw_ms = (await gpu_host.raw_runs(pipe.unet._session, feeds, _js(last["names"]), runs)).to_py()
+        raw_ms += (await gpu_host.raw_runs(pipe.unet._session, feeds, _js(last["names"]), 1)).to_py()
     app, raw = statistics.median(app_ms), statistics.median(raw_ms)
     print(f"\nUNet call at the last size, median of {runs}: app {app:.1f} ms, plain JS {raw:.1f} ms, "
           f"app - plain = {app - raw:.1f} ms ({app / raw:.2f}x)")

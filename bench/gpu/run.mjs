@@ -20,7 +20,7 @@ const { values: args } = parseArgs({
     manifest: { type: "string", default: "models_manifest/tiny-sdxl-turbo.json" },
     sizes: { type: "string", default: "64x64:1,64x64:4" },
     prompt: { type: "string", default: "a lighthouse at dusk, oil painting" },
-    runs: { type: "string", default: "5" },
+    runs: { type: "string", default: "9" },
   },
 });
 
