@@ -18,7 +18,7 @@ models = {}  # id -> {"defaults", "resolutions", "unsuitable", "pipeline"} from 
 # Fields the visitor set (or used, by pressing Generate): start-up, the bench's presets and the model's
 # defaults leave them alone.
 touched = set()
-tokens = {"timer": None, "proxy": None}
+tokens = {"timer": None, "proxy": None, "state": ""}  # "state": the chosen model's install state when last asked
 
 
 def chosen(id):
@@ -107,6 +107,14 @@ def ask_tokens():
 def send_tokens():
     tokens["timer"] = None
     send({"type": "tokens", "model": el("model").value, "text": el("prompt").value})
+
+
+def on_models_changed(state_of):
+    """The chosen model's tokenizer arrives with its install: count again then."""
+    state = state_of(el("model").value)
+    if state != tokens["state"]:
+        tokens["state"] = state
+        ask_tokens()
 
 
 def on_tokens(msg):

@@ -67,6 +67,7 @@ def on_progress(msg):
 def on_models_changed():
     result.update_refine()
     runs.on_models_changed(models_ui.state_of)
+    form.on_models_changed(models_ui.state_of)
     welcome.update()
 
 

@@ -101,6 +101,7 @@ def test_first_run_offers_the_chosen_models_install_in_one_click_and_stale_messa
         expect(page.locator(f"#model-{COPY}")).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
         expect(page.get_by_role("alert")).to_be_hidden()  # "…is not installed" used to stay after the install
         expect(page.locator("#welcome-model")).to_contain_text("Tiny copy is ready.")
+        expect(page.locator("#tokens")).to_have_text(re.compile(r"^\d of 75 tokens$"))  # its tokenizer came with it
         expect(page.get_by_role("button", name="Install Tiny copy")).to_be_hidden()
         press_and_wait(page)
         expect(page.locator("#stage-empty")).to_be_hidden()
