@@ -70,7 +70,9 @@ def field_error(field, text):
     message.hidden = not text
     if text:
         node.setAttribute("aria-invalid", "true")
-        node.focus()
+        # The worker's answer may come while the visitor types elsewhere: focus is taken only from a button.
+        if document.activeElement is None or document.activeElement.tagName in ("BODY", "BUTTON"):
+            node.focus()
         set_status("Not started: see the marked field.", 0)
     else:
         node.removeAttribute("aria-invalid")

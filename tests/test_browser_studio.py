@@ -163,6 +163,14 @@ def test_ctrl_enter_generates_and_history_can_be_cleared(app):
     app.get_by_role("button", name="Clear history").click()
     expect(history).to_have_count(1)  # only the "Recently used…" placeholder
     assert app.evaluate("localStorage.getItem('lantern.history')") is None
+    # A refusal answered while the visitor types in the prompt marks the field but leaves the typing where it is
+    # (taking the focus once sent the test's next typing into the Steps box).
+    fill(app, prompt="still typing", seed="103", steps="9")
+    finished = counter(app, "finished")
+    app.get_by_label("Prompt", exact=True).press("Control+Enter")
+    wait_counter(app, "finished", finished + 1)
+    expect(app.get_by_label("Steps", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(app.get_by_label("Prompt", exact=True)).to_be_focused()
 
 
 def test_a_restored_message_never_stands_beside_a_refusal(app):
@@ -222,6 +230,7 @@ def test_a_tour_of_every_control_with_bad_input_never_shows_a_traceback(app):
     press_and_wait(app)
     for field, value in (("Prompt", "   "), ("Seed", "abc"), ("Steps", "-1"), ("Images", "0"), ("Preview every", "9")):
         fill(app, seed="105", steps="1")
+        set_options(app)
         app.get_by_label(field, exact=True).fill(value)
         app.get_by_role("button", name="Generate").click()
         expect(app.locator(".field-error:not([hidden])")).to_have_count(1)
@@ -243,6 +252,7 @@ def test_a_tour_of_every_control_with_bad_input_never_shows_a_traceback(app):
     expect(app.get_by_role("alert")).to_contain_text("not a PNG")
     app.get_by_label("Search gallery").fill("")
     no_traceback(app)
+    set_options(app)
 
 
 # --- accessibility ------------------------------------------------------------------------------------
