@@ -8,7 +8,7 @@ from pyscript.ffi import create_proxy, to_js
 
 import asyncio
 
-from page import el, listen, make, show_error
+from page import el, listen, make, show_error, steps_text
 
 AUTOSAVE_KEY = "lantern.gallery.autosave"
 MAX_DROP_BYTES = 64 * 1024 * 1024
@@ -27,8 +27,7 @@ def note(text):
 
 
 def settings_line(p):
-    steps = "1 step" if p["steps"] == 1 else f"{p['steps']} steps"
-    return f"Seed {p['seed']} · {steps} · {p['height']}x{p['width']} · {p['model']}"
+    return f"Seed {p['seed']} · {steps_text(p['steps'])} · {p['height']}x{p['width']} · {p['model']}"
 
 
 def settings_of(js):

@@ -83,6 +83,10 @@ def clear_field_errors():
         field_error(field, "")
 
 
+def steps_text(steps):
+    return "1 step" if str(steps) == "1" else f"{steps} steps"
+
+
 def count(id, name):
     """Bump a counter kept on an element as data-NAME. Counters only grow, so a script or a test can
     wait for "at least n" instead of racing a status text that may come and go between two looks."""

@@ -5,7 +5,7 @@ from pyscript.ffi import to_js
 
 import gallery_ui
 import models_ui
-from page import el, listen, set_status
+from page import el, listen, set_status, steps_text
 from runs import finish, jobs, now_ms, submit
 
 results = {}  # id -> {"url", "filename", "parameters", "timing", "latents"?} for the images of the current batch
@@ -16,8 +16,7 @@ models = {}  # id -> {"name", "refines"}: filled from the worker's "ready" messa
 
 
 def settings_text(seed, steps, size):
-    steps = "1 step" if str(steps) == "1" else f"{steps} steps"
-    return f"Seed {seed} · {steps} · {size}"
+    return f"Seed {seed} · {steps_text(steps)} · {size}"
 
 
 def actions(enabled):

@@ -22,13 +22,14 @@ def update():
     el("welcome-device").textContent = device_text(state["caps"])
     model_id = el("model").value
     m = models_ui.info.get(model_id)
+    unsuitable = form.models[model_id]["unsuitable"] if model_id in form.models else ""
     button = el("welcome-install")
     if m is None:
         text = ""
     elif m["state"] == "installed":
         text = f"{m['name']} is ready. Type a prompt and press Generate (Ctrl+Enter)."
-    elif form.models[model_id]["unsuitable"]:
-        text = form.models[model_id]["unsuitable"]
+    elif unsuitable:
+        text = unsuitable
     elif m["state"] in ("downloading", "converting", "verifying", "importing"):
         text = f"Installing {m['name']}… (progress in the Models panel below)"
     else:
@@ -36,8 +37,7 @@ def update():
         text = f"{m['name']} for this device: {variant}a {models_ui.size_text(m['total_mb'])} download, kept for next time."
         button.textContent = f"Install {m['name']}"
     el("welcome-model").textContent = text
-    button.hidden = (m is None or m["state"] not in ("not-installed", "partial", "damaged")
-                     or bool(form.models[model_id]["unsuitable"]))
+    button.hidden = m is None or m["state"] not in ("not-installed", "partial", "damaged") or bool(unsuitable)
 
 
 def setup(caps):
