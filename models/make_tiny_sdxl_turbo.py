@@ -412,25 +412,28 @@ def unet_module(unet):
 
 def export_module(module, args, path, input_names, output_names, dynamic_axes, external_data=False):
     """Export with the TorchScript exporter (opset OPSET, fp32), check the model, strip exporter
-    metadata (not needed, and it keeps the file stable); weights in model.onnx_data if external_data."""
+    metadata (not needed, and it keeps the file stable); weights in model.onnx_data if external_data.
+    The export goes to a scratch folder first: over 2 GB the exporter writes one file per tensor."""
     import onnx
     import torch
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            args,
-            path,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    model = onnx.load(path)
-    onnx.checker.check_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = os.path.join(tmp, "model.onnx")
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                args,
+                exported,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        onnx.checker.check_model(exported)  # by path: a model over 2 GB cannot be checked in memory
+        model = onnx.load(exported)
     model.doc_string = ""
     for node in model.graph.node:
         node.doc_string = ""
@@ -441,62 +444,84 @@ def export_module(module, args, path, input_names, output_names, dynamic_axes, e
         onnx.save(model, path)
 
 
-def export_onnx(te1, te2, unet, vae) -> None:
+def text_encoder_module(model, with_projection: bool):
+    """A CLIP text encoder with the Optimum export's outputs: (text_embeds, last_hidden_state) with the
+    projection, (last_hidden_state, pooler_output) without, then every hidden state."""
     import torch
 
     class TextEncoder(torch.nn.Module):
-        def __init__(self, model, with_projection: bool):
+        def __init__(self):
             super().__init__()
             self.model = model
-            self.with_projection = with_projection
 
         def forward(self, input_ids):
             out = self.model(input_ids=input_ids, output_hidden_states=True, return_dict=True)
-            first = out.text_embeds if self.with_projection else out.last_hidden_state
-            second = out.last_hidden_state if self.with_projection else out.pooler_output
+            first = out.text_embeds if with_projection else out.last_hidden_state
+            second = out.last_hidden_state if with_projection else out.pooler_output
             return (first, second, *out.hidden_states)
 
+    return TextEncoder()
+
+
+def vae_decoder_module(vae):
+    """The VAE's decode (post_quant_conv + decoder) alone, for export."""
+    import torch
+
     class VaeDecoder(torch.nn.Module):
-        def __init__(self, model):
+        def __init__(self):
             super().__init__()
-            self.model = model
+            self.model = vae
 
         def forward(self, latent_sample):
             return self.model.decode(latent_sample, return_dict=False)[0]
 
-    ids = torch.full((1, MAX_LEN), EOS_ID, dtype=torch.int64)
-    ids[0, 0] = BOS_ID
-    for sub, model, proj, dtype in (
-        ("text_encoder", te1, False, torch.int64),
-        ("text_encoder_2", te2, True, torch.int32),
-    ):
-        n = model.config.num_hidden_layers
-        outs = (["text_embeds", "last_hidden_state"] if proj else ["last_hidden_state", "pooler_output"]) + [
-            f"hidden_states.{i}" for i in range(n + 1)
-        ]
-        dyn = {"input_ids": {0: "batch_size"}}
-        for o in outs:
-            dyn[o] = {0: "batch_size"}
-        export_module(TextEncoder(model, proj), (ids.to(dtype),), os.path.join(OUT, sub, "model.onnx"), ["input_ids"], outs, dyn)
+    return VaeDecoder()
 
-    D = TE1["hidden_size"] + TE2["hidden_size"]
+
+def export_text_encoder(model, with_projection: bool, ids_dtype, path, external_data=False):
+    import torch
+
+    ids = torch.full((1, MAX_LEN), EOS_ID, dtype=ids_dtype)
+    ids[0, 0] = BOS_ID
+    n = model.config.num_hidden_layers
+    outs = (["text_embeds", "last_hidden_state"] if with_projection else ["last_hidden_state", "pooler_output"]) + [
+        f"hidden_states.{i}" for i in range(n + 1)
+    ]
+    dyn = {"input_ids": {0: "batch_size"}}
+    for o in outs:
+        dyn[o] = {0: "batch_size"}
+    export_module(text_encoder_module(model, with_projection), (ids,), path, ["input_ids"], outs, dyn, external_data)
+
+
+def export_unet(unet, text_dim, pooled_dim, path):
+    """Weights apart, like the real UNet (loaded in chunks)."""
+    import torch
+
     args = (
         torch.randn(1, 4, 8, 8),
         torch.tensor([999.0], dtype=torch.float32),
-        torch.randn(1, MAX_LEN, D),
-        torch.randn(1, TE2["projection_dim"]),
+        torch.randn(1, MAX_LEN, text_dim),
+        torch.randn(1, pooled_dim),
         torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]]),
     )
-    export_module(unet_module(unet), args, os.path.join(OUT, "unet", "model.onnx"), UNET_INPUTS, UNET_OUTPUTS,
-                  UNET_DYNAMIC_AXES, external_data=True)  # weights apart, like the real UNet (loaded in chunks)
-    export_module(
-        VaeDecoder(vae),
-        (torch.randn(1, 4, 8, 8),),
-        os.path.join(OUT, "vae_decoder", "model.onnx"),
-        ["latent_sample"],
-        ["sample"],
-        {"latent_sample": {0: "batch_size", 2: "height", 3: "width"}, "sample": {0: "batch_size", 2: "height", 3: "width"}},
-    )
+    export_module(unet_module(unet), args, path, UNET_INPUTS, UNET_OUTPUTS, UNET_DYNAMIC_AXES, external_data=True)
+
+
+def export_vae_decoder(vae, path):
+    import torch
+
+    axes = {0: "batch_size", 2: "height", 3: "width"}
+    export_module(vae_decoder_module(vae), (torch.randn(1, 4, 8, 8),), path, ["latent_sample"], ["sample"],
+                  {"latent_sample": axes, "sample": axes})
+
+
+def export_onnx(te1, te2, unet, vae) -> None:
+    import torch
+
+    export_text_encoder(te1, False, torch.int64, os.path.join(OUT, "text_encoder", "model.onnx"))
+    export_text_encoder(te2, True, torch.int32, os.path.join(OUT, "text_encoder_2", "model.onnx"))
+    export_unet(unet, TE1["hidden_size"] + TE2["hidden_size"], TE2["projection_dim"], os.path.join(OUT, "unet", "model.onnx"))
+    export_vae_decoder(vae, os.path.join(OUT, "vae_decoder", "model.onnx"))
 
 
 # ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 // worker, on the WGSL kernels Chrome runs. gpu_bench.py (in Pyodide) does the measuring; see README.md.
 //
 //   node bench/gpu/run.mjs --bundle models/tiny-sdxl-turbo --manifest models_manifest/tiny-sdxl-turbo.json \
-//        [--sizes 64x64:1,64x64:4] [--prompt "..."] [--runs 5]
+//        [--sizes 64x64:1,64x64:4] [--prompt "..."] [--runs 5] [--variant ID] [--reference torch.json]
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -21,6 +21,10 @@ const { values: args } = parseArgs({
     sizes: { type: "string", default: "64x64:1,64x64:4" },
     prompt: { type: "string", default: "a lighthouse at dusk, oil painting" },
     runs: { type: "string", default: "9" },
+    variant: { type: "string", default: "" },
+    reference: { type: "string", default: "" },
+    "bench-bundle": { type: "string", default: "models/tiny-sdxl-turbo" },
+    "bench-manifest": { type: "string", default: "models_manifest/tiny-sdxl-turbo.json" },
   },
 });
 
@@ -104,7 +108,12 @@ py.registerJsModule("gpu_host", {
   },
   files: bundleFiles(path.resolve(root, args.bundle)),
   manifest: fs.readFileSync(path.resolve(root, args.manifest), "utf8"),
-  options: { sizes: args.sizes, prompt: args.prompt, runs: Number(args.runs) },
+  // The model the app's first-visit bench runs (the tier comes from it), when the bundle is another.
+  bench_files: bundleFiles(path.resolve(root, args["bench-bundle"])),
+  bench_manifest: fs.readFileSync(path.resolve(root, args["bench-manifest"]), "utf8"),
+  // PyTorch eager's times on the same weights (torch_bench.py's JSON), for ratios.
+  reference: args.reference ? fs.readFileSync(path.resolve(root, args.reference), "utf8") : "",
+  options: { sizes: args.sizes, prompt: args.prompt, runs: Number(args.runs), variant: args.variant },
 });
 py.unpackArchive(new Uint8Array(fs.readFileSync(path.join(site, "app.zip"))), "zip", { extractDir: "/lantern" });
 py.FS.writeFile("/lantern/gpu_bench.py", fs.readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), "gpu_bench.py")));

@@ -3,7 +3,8 @@
 # site if needed, and runs run.mjs with the arguments given. On a GPU box Dawn finds the system's Vulkan
 # driver; `--swiftshader` (first argument) uses Chromium's software Vulkan instead, as the tests do here.
 #
-#   bench/gpu/run.sh [--swiftshader] [--bundle DIR --manifest JSON] [--sizes 512x512:1,512x512:4] [--runs N]
+#   bench/gpu/run.sh [--swiftshader] [--bundle DIR --manifest JSON] [--variant ID] [--sizes 512x512:1,512x512:4]
+#                    [--runs N] [--reference torch.json]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -18,6 +19,7 @@ if [ "${1:-}" = "--swiftshader" ]; then
   export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export VK_ICD_FILENAMES="$dir/vk_swiftshader_icd.json"
 fi
+source "$here/env.sh"
 [ -d "$here/node_modules/webgpu" ] || (cd "$here" && npm ci --no-audit --no-fund)
 [ -f "$root/build/site/app.zip" ] || python3 "$root/build.py"
 exec node "$here/run.mjs" "$@"
