@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SDXL benchmark in one command: random-weight SDXL bundles in the fp32, q4f16 and q4 layouts (made once,
-# under --out, by make_bundle.py), PyTorch eager on the same weights (torch_bench.py, where torch sees a
-# GPU), then the app's worker code on each layout (run.sh). See README.md.
+# under --out, by make_bundle.py), PyTorch eager on the same weights (torch_bench.py, once, where torch sees
+# a GPU), then the app's worker code on each layout (run.sh; `--variants ""` stops before). See README.md.
 #
 #   bench/gpu/sdxl.sh [--swiftshader] [--out DIR] [--config sdxl|small] [--sizes 512x512:1,512x512:4,1024x1024:1]
 #                     [--variants fp32,q4f16,q4]
@@ -28,13 +28,12 @@ fi
 if ! grep -qs "\"config\": \"$config\"" "$out/weights.json"; then
   "$python" "$here/make_bundle.py" --out "$out" --config "$config"
 fi
-reference=()
-if "$python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+# PyTorch's figures once per bundle (delete torch.json to measure again), where torch sees a GPU.
+if [ ! -f "$out/torch.json" ] && "$python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
   "$python" "$here/torch_bench.py" --bundle "$out" --sizes "$sizes"
-  reference=(--reference "$out/torch.json")
-elif [ -f "$out/torch.json" ]; then
-  reference=(--reference "$out/torch.json")
 fi
+reference=()
+[ -f "$out/torch.json" ] && reference=(--reference "$out/torch.json")
 for variant in $variants; do
   echo "== $variant"
   "$here/run.sh" "${gpu[@]}" --bundle "$out/$variant" --manifest "$out/manifest.json" --variant "$variant" \
