@@ -29,7 +29,8 @@ if ! grep -qs "\"config\": \"$config\"" "$out/weights.json"; then
   "$python" "$here/make_bundle.py" --out "$out" --config "$config"
 fi
 # PyTorch's figures once per bundle (delete torch.json to measure again), where torch sees a GPU.
-if [ ! -f "$out/torch.json" ] && "$python" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+cuda='import torch, sys; sys.exit(not torch.cuda.is_available())'
+if [ ! -f "$out/torch.json" ] && "$python" -c "$cuda" 2>/dev/null; then
   "$python" "$here/torch_bench.py" --bundle "$out" --sizes "$sizes"
 fi
 reference=()

@@ -100,7 +100,7 @@ def main() -> int:
     config = bundle.CONFIGS[weights["config"]]
     device = torch.device(args.device)
     sizes = list(dict.fromkeys(tuple(int(v) for v in s.split(":")[0].split("x")) for s in args.sizes.split(",")))
-    parts = [load(part, config, weights["sha256"], device) for part in bundle.Q4F16_FILES]
+    parts = [load(part, config, weights["sha256"], device) for part in bundle.PARTS]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     result = {"device": name, "torch": torch.__version__, "times": {}}
     # fp32 first: .to(float16) rounds the weights in place.
