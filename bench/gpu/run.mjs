@@ -3,7 +3,7 @@
 // worker, on the WGSL kernels Chrome runs. gpu_bench.py (in Pyodide) does the measuring; see README.md.
 //
 //   node bench/gpu/run.mjs --bundle models/tiny-sdxl-turbo --manifest models_manifest/tiny-sdxl-turbo.json \
-//        [--sizes 64x64:1,64x64:4] [--prompt "..."] [--runs 5] [--variant ID] [--reference torch.json]
+//        [--sizes 64x64:1,64x64:4] [--prompt "..."] [--runs 5] [--variant ID] [--reference torch.json] [--dawn OPTION]
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -22,6 +22,9 @@ const { values: args } = parseArgs({
     prompt: { type: "string", default: "a lighthouse at dusk, oil painting" },
     runs: { type: "string", default: "9" },
     variant: { type: "string", default: "" },
+    // Dawn's own options, e.g. enable-dawn-features=vulkan_enable_f16_on_nvidia (shader-f16 on NVIDIA under
+    // Vulkan, which Chrome and Dawn withhold by default).
+    dawn: { type: "string", multiple: true, default: [] },
     reference: { type: "string", default: "" },
     "bench-bundle": { type: "string", default: "models/tiny-sdxl-turbo" },
     "bench-manifest": { type: "string", default: "models_manifest/tiny-sdxl-turbo.json" },
@@ -40,7 +43,7 @@ GPUQueue.prototype.writeBuffer = function (buffer, offset, data, dataOffset = 0,
   return writeBuffer.call(this, buffer, offset, data, dataOffset, size);
 };
 Object.defineProperty(globalThis, "navigator", {
-  value: { gpu: create([]), hardwareConcurrency: os.cpus().length, userAgent: `node ${process.version}` },
+  value: { gpu: create(args.dawn), hardwareConcurrency: os.cpus().length, userAgent: `node ${process.version}` },
   configurable: true,
 });
 

@@ -4,13 +4,13 @@
 # a GPU), then the app's worker code on each layout (run.sh; `--variants ""` stops before). See README.md.
 #
 #   bench/gpu/sdxl.sh [--swiftshader] [--out DIR] [--config sdxl|small] [--sizes 512x512:1,512x512:4,1024x1024:1]
-#                     [--variants fp32,q4f16,q4]
+#                     [--variants fp32,q4f16,q4] [--dawn OPTION]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 source "$here/env.sh"
 python="${PYTHON:-python3}"
-gpu=() out="" config=sdxl sizes="" variants="fp32 q4f16 q4"
+gpu=() dawn=() out="" config=sdxl sizes="" variants="fp32 q4f16 q4"
 while [ $# -gt 0 ]; do
   case "$1" in
     --swiftshader) gpu=(--swiftshader); shift ;;
@@ -18,6 +18,7 @@ while [ $# -gt 0 ]; do
     --config) config="$2"; shift 2 ;;
     --sizes) sizes="$2"; shift 2 ;;
     --variants) variants="${2//,/ }"; shift 2 ;;
+    --dawn) dawn+=(--dawn "$2"); shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -38,5 +39,5 @@ reference=()
 for variant in $variants; do
   echo "== $variant"
   "$here/run.sh" "${gpu[@]}" --bundle "$out/$variant" --manifest "$out/manifest.json" --variant "$variant" \
-    --sizes "$sizes" "${reference[@]}"
+    --sizes "$sizes" "${reference[@]}" "${dawn[@]}"
 done
