@@ -9,6 +9,7 @@ import time
 
 import gpu_host
 import js
+import numpy as np
 
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.web import WebRuntime, _js, to_tensor
@@ -48,7 +49,7 @@ def captured_feeds(session, last):
 
 
 async def stage_times(pipe, prompt, height, width, steps):
-    """{stage: ms} of one generate: encode prompt, each step, decode, total."""
+    """({stage: ms}, image) of one generate: encode prompt, each step, decode, total."""
     marks = []
 
     async def on_stage(stage, *_):
@@ -58,13 +59,13 @@ async def stage_times(pipe, prompt, height, width, steps):
         marks.append((f"step {i + 1}", time.perf_counter()))
 
     t0 = time.perf_counter()
-    await pipe.generate(prompt, 0, steps, height, width, on_stage=on_stage, on_step=on_step)
+    image = await pipe.generate(prompt, 0, steps, height, width, on_stage=on_stage, on_step=on_step)
     at = dict(marks, end=time.perf_counter())
     times = {"encode prompt": at["denoise"] - at["encode prompt"], "decode": at["end"] - at["decode"],
              "total": at["end"] - t0}
     for k in range(1, steps + 1):
         times[f"step {k}"] = at[f"step {k}"] - at["denoise" if k == 1 else f"step {k - 1}"]
-    return {stage: seconds * 1000 for stage, seconds in times.items()}
+    return {stage: seconds * 1000 for stage, seconds in times.items()}, image
 
 
 def chosen_entry(manifest, caps, variant):
@@ -129,13 +130,17 @@ async def main():
         size, steps = spec.split(":")
         height, width = (int(v) for v in size.split("x"))
         await stage_times(pipe, options.prompt, height, width, int(steps))  # warm-up: shaders, buffers
-        t = await stage_times(pipe, options.prompt, height, width, int(steps))
+        t, image = await stage_times(pipe, options.prompt, height, width, int(steps))
         later = [v for k, v in t.items() if k.startswith("step ") and k != "step 1"]
         print(f"| {size}, {steps} | {t['encode prompt']:.1f} | {t['step 1']:.1f} | {median_text(later)} | "
               f"{t['decode']:.1f} | {t['total']:.1f} |")
         app["encode prompt"] = t["encode prompt"]
         app[f"unet step {size}"] = statistics.median(later or [t["step 1"]])
         app[f"decode {size}"] = t["decode"]
+
+    # A wiring or precision fault shows as a flat or non-finite picture, not as a time.
+    print(f"\nlast image: {image.shape[0]}x{image.shape[1]}, finite {bool(np.isfinite(image).all())}, "
+          f"pixel std {float(np.nanstd(image)):.3f}")
 
     # The last size's UNet call through the app (numpy in, numpy out) and from plain JS on the same session
     # with the same feeds, taken in turns so that a drift of the machine touches both alike.
