@@ -36,7 +36,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from app.onnx.fp32 import Conversion, convert_model  # noqa: E402  (the app's own install-time conversion)
+from app.onnx.fp32 import convert_model  # noqa: E402  (the app's own install-time conversion)
 
 
 def _script(name):
@@ -157,10 +157,9 @@ def to_q4f16(part: str, config: dict, fp32: str, folder: str) -> None:
     onnx.save(model, target)
 
 
-def to_q4(part: str, q4f16: str, folder: str) -> Conversion:
+def to_q4(part: str, q4f16: str, folder: str) -> None:
     """The app's install-time conversion of a q4f16 part, streamed from and to disk as in OPFS."""
     os.makedirs(os.path.join(folder, part), exist_ok=True)
-    stats = Conversion()
     with open(os.path.join(q4f16, Q4F16_FILES[part]), "rb") as source, \
             open(os.path.join(folder, part, "model.onnx_data"), "wb") as data:
         async def read(start, end):
@@ -171,10 +170,9 @@ def to_q4(part: str, q4f16: str, folder: str) -> Conversion:
             data.write(raw)
 
         size = os.fstat(source.fileno()).st_size
-        graph = asyncio.run(convert_model(read, size, write_data, "model.onnx_data", stats))
+        graph = asyncio.run(convert_model(read, size, write_data, "model.onnx_data"))
     with open(os.path.join(folder, part, "model.onnx"), "wb") as f:
         f.write(graph)
-    return stats
 
 
 def copy_shared(folder: str) -> None:
@@ -183,8 +181,8 @@ def copy_shared(folder: str) -> None:
         shutil.copyfile(os.path.join(base.SHARED, path), os.path.join(folder, path))
 
 
-def write_manifest(out: str, config: dict) -> None:
-    """The real entry, each variant listing this bundle's files (no URLs: they are local)."""
+def write_manifest(out: str, config: dict) -> dict:
+    """The real entry, each variant listing this bundle's files (no URLs: they are local); returns it."""
     with open(os.path.join(ROOT, "models_manifest", "sdxl-turbo.json"), encoding="utf-8") as f:
         entry = json.load(f)
     entry["name"] += " (random weights)"
@@ -198,6 +196,7 @@ def write_manifest(out: str, config: dict) -> None:
         variant["files"] = [{k: v for k, v in f.items() if k != "url"} for f in files]
         variant["disk_bytes"] = sum(f["size"] for f in files)
     base.write_json(os.path.join(out, "manifest.json"), entry)
+    return entry
 
 
 def main() -> int:
@@ -240,12 +239,10 @@ def main() -> int:
             to_q4(part, folders["q4f16"], folders["q4"])
         print(f"{part}: {time.time() - t0:.0f} s", flush=True)
     if digests:
-        base.write_json(weights,
-                        {"config": args.config, "seed": SEED, "sha256": digests})
-    write_manifest(args.out, config)
-    for layout in layouts:
-        for f in base.bundle_files(folders[layout], ""):
-            print(f"  {layout}/{f['path']:42s} {f['size']:>14,d}")
+        base.write_json(weights, {"config": args.config, "seed": SEED, "sha256": digests})
+    for variant in write_manifest(args.out, config)["variants"]:
+        for f in variant["files"]:
+            print(f"  {variant['id']}/{f['path']:42s} {f['size']:>14,d}")
     return 0
 
 

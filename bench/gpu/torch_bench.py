@@ -4,9 +4,10 @@
     python3 bench/gpu/torch_bench.py --bundle DIR [--sizes 512x512:1,1024x1024:1] [--dtypes fp16,fp32]
 
 Rebuilds each part from make_bundle.py's seeds, checks its weights against DIR/weights.json, and times
-(median of --runs, after a warm-up, with diffusers' default SDPA attention) the prompt encoding, one UNet
-step and the VAE decode per size, in each dtype. Prints a table and writes DIR/torch.json, which
-run.sh --reference turns into app / PyTorch ratios (the stage names match gpu_bench.py's).
+(median of --runs, after a warm-up, with PyTorch's SDPA attention, as diffusers uses by default) the prompt
+encoding, one UNet step and the VAE decode per size, in each dtype. Prints a table and writes
+DIR/torch.json, which run.sh --reference turns into app / PyTorch ratios (the stage names match
+gpu_bench.py's).
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def load(part, config, digests, device):
     model = bundle.build_part(part, config)
     if digests.get(part) and bundle.weights_sha256(model) != digests[part]:
         raise SystemExit(f"{part}: these weights differ from the bundle's (another torch or diffusers version?)")
-    if hasattr(model, "set_attn_processor"):
+    if hasattr(model, "set_attn_processor"):  # diffusers' UNet and VAE
         model.set_attn_processor(AttnProcessor2_0())
+    else:  # transformers' CLIP
+        model.set_attn_implementation("sdpa")
     return model.to(device)
 
 
