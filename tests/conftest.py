@@ -88,6 +88,33 @@ def browser_type_launch_args(browser_type_launch_args):
     return {**browser_type_launch_args, "executable_path": "/usr/bin/chromium", "args": CHROMIUM_ARGS}
 
 
+UNCAUGHT = []  # errors no code of the site caught, from any page or worker of a context the suite opened
+
+
+@pytest.fixture(scope="session")
+def browser(browser):
+    """The session's browser; every context it opens reports its pages' and workers' uncaught errors."""
+    new_context = browser.new_context
+
+    def watched_context(*args, **kwargs):
+        context = new_context(*args, **kwargs)
+        context.on("page", lambda page: page.on("pageerror", lambda e: UNCAUGHT.append(f"{page.url}: {e}")))
+        return context
+
+    browser.new_context = watched_context
+    return browser
+
+
+@pytest.fixture(autouse=True)
+def no_uncaught_errors():
+    """No test may leave an uncaught error (a traceback of the worker's, an unhandled rejection) in a page or
+    worker; it fails the test during which it was reported."""
+    UNCAUGHT.clear()
+    yield
+    found, UNCAUGHT[:] = list(UNCAUGHT), []
+    assert not found, f"uncaught errors: {found}"
+
+
 @pytest.fixture(scope="session")
 def fault_server():
     """The app's server, able to inject download faults (tests/fault_server.py); off unless a test sets them."""

@@ -124,6 +124,62 @@ def test_hashing_thread_that_cannot_start_is_explained_and_the_bytes_are_kept(pa
     assert "installed and verified" in message(page)
 
 
+# Browser calls that fail with a value that is not an Error (what Chrome's in-memory storage and others do),
+# injected in the generator's worker after the first MB of the big file; each returns what undoes it.
+FAIL_IN_WORKER = """(kind) => {
+  const patch = (proto, name, fake) => { const real = proto[name]; proto[name] = fake(real);
+                                         self.undoFault = () => { proto[name] = real; }; };
+  const late = (options) => (options && options.at) >= 1000000;
+  if (kind === "write") patch(FileSystemSyncAccessHandle.prototype, "write", (real) => function (data, options) {
+    if (late(options)) throw "the write was refused"; return real.call(this, data, options); });
+  if (kind === "no room") patch(FileSystemSyncAccessHandle.prototype, "write", (real) => function (data, options) {
+    return late(options) ? 4294967288 : real.call(this, data, options); });  // Chrome's in-memory "no space"
+  if (kind === "flush") patch(FileSystemSyncAccessHandle.prototype, "flush", () => function () { throw undefined; });
+  const handles = Object.hasOwn(FileSystemFileHandle.prototype, "move") ? FileSystemFileHandle : FileSystemHandle;
+  if (kind === "move") patch(handles.prototype, "move", () => function () { return Promise.reject(undefined); });
+  if (kind === "read") patch(ReadableStreamDefaultReader.prototype, "read", () => function () {
+    return Promise.reject("the stream broke"); });
+  if (kind === "hash") patch(Worker.prototype, "postMessage", (real) => function (message, transfer) {
+    if (message && message.type === "digest") {  // the hashing thread answers null
+      setTimeout(() => this.dispatchEvent(new MessageEvent("message", { data: null })));
+      return;
+    }
+    return real.call(this, message, transfer); });
+}"""
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("write", f"storing {BIG} failed (Error: the write was refused)"),
+    ("no room", f"the browser stopped storing {BIG}: it has no more room for this site"),
+    ("flush", "storing"),
+    ("move", "a browser call failed (no reason given)"),
+    ("read", "times in a row (a browser call failed (the stream broke))"),
+    ("hash", "the hashing thread failed (it sent None)"),
+])
+def test_a_browser_call_failing_with_a_non_error_ends_the_install_with_its_message(page, kind, expected):
+    """Every awaited or called storage, hashing and network function that fails, whatever with, ends the
+    install with a message (never a hang), keeps the bytes stored so far, and Install resumes."""
+    remove(page)
+    generator = [w for w in page.workers if w.url.endswith("/worker.mjs")][-1]
+    generator.evaluate(FAIL_IN_WORKER, kind)
+    try:
+        press(page, "Install")
+        try:
+            wait_message(page, expected)
+        except Exception:
+            print("MESSAGE:", message(page), state(page))
+            raise
+    finally:
+        generator.evaluate("self.undoFault()")
+    assert row(page).get_by_role("alert").count() == 1
+    assert state(page) in ("partial", "not-installed")
+    if kind in ("write", "no room"):
+        assert state(page) == "partial"  # the first MB of the big file (and the files before it) are kept
+    row(page).get_by_role("button").first.click()  # Resume, or Install when nothing was kept
+    wait_state(page, "installed")
+    assert "installed and verified" in message(page)
+
+
 @pytest.mark.parametrize("fault, expected", [
     ({"status": 404}, "HTTP 404"),
     ({"drop_after": 500_000, "refuse_range": True}, "HTTP 416"),
@@ -257,7 +313,12 @@ def test_malformed_manifest_entries_are_rejected_and_a_bundle_too_big_is_refused
     variant["files"][0]["size"] += 4 * 10**9
     variant["disk_bytes"] = sum(f["size"] for f in variant["files"])
     variant["convert"] = {"from": {"vae_decoder": variant["files"][0]["path"]}, "to": "fp32-activations"}
-    bad = {"schema": 1, "models": [good, huge, converts, broken("escapes", path="../../etc/passwd"),
+    # Within the quota, but over what a private window (this off-the-record context) keeps in memory: refused
+    # before downloading, with the measured room and why.
+    private = broken("private")
+    private["variants"][0]["files"][0]["size"] += 3 * 10**9
+    private["variants"][0]["disk_bytes"] += 3 * 10**9
+    bad = {"schema": 1, "models": [good, huge, converts, private, broken("escapes", path="../../etc/passwd"),
                                    broken("plain-http", url="http://example.com/a.onnx"),
                                    broken("no-hash", sha256=None), broken("windows", path="unet\\model.onnx")]}
     try:
@@ -276,6 +337,12 @@ def test_malformed_manifest_entries_are_rejected_and_a_bundle_too_big_is_refused
         press(page, "Install", "converts")
         wait_message(page, "Not enough storage", "converts")
         assert "12.0" in message(page, "converts") and fault_server.log == []
+        press(page, "Install", "private")
+        wait_message(page, "private (Incognito or Guest) window", "private")
+        text = message(page, "private")
+        room = float(text.split("can store only about ")[1].split(" GB")[0])
+        assert "needs 3.01 GB more" in text and 0.2 < room < 3.0, text
+        assert state(page, "private") == "not-installed" and fault_server.log == []
         page.unroute("**/models_manifest.json")
         page.route("**/models_manifest.json", lambda r: r.fulfill(body="{ not json", content_type="application/json"))
         page.reload()

@@ -54,12 +54,12 @@ async def import_file(file, models: dict, on_progress) -> tuple[set, str | None]
     folder = await model_folder(model_id)
     temp = f"import-{time.time_ns()}{PARTIAL}"
     handle = await folder.getFileHandle(temp, options(create=True))
-    part = Partial(await handle.createSyncAccessHandle())
+    part = Partial(await handle.createSyncAccessHandle(), file.name)
     try:
         async for data in pieces(file):
             await part.append(data)
             await on_progress(model_id)
-        part.access.flush()
+        part.flush()
         digest = await part.hasher.hexdigest()
     except Exception as e:  # unreadable file, full storage, hashing failed: the others still go on
         part.close()

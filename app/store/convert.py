@@ -9,7 +9,7 @@ so loading checks their presence and Verify re-hashes them. An interrupted conve
 """
 
 from ..onnx.fp32 import Conversion, convert_model
-from .download import Partial
+from .download import Partial, storing
 from .layout import PARTIAL
 from .opfs import js_bytes, options, remove
 
@@ -22,18 +22,19 @@ def converted_paths(part: str) -> tuple[str, str]:
 
 
 async def _open(folder, name: str) -> Partial:
-    part = Partial(await (await folder.getFileHandle(name, options(create=True))).createSyncAccessHandle())
+    part = Partial(await (await folder.getFileHandle(name, options(create=True))).createSyncAccessHandle(), name)
     part.access.truncate(0)  # what an interrupted conversion left
     return part
 
 
 async def _commit(folder, part: Partial, name: str) -> tuple[str, int]:
     """Close a written file and store it under its digest; returns (sha256, size)."""
-    part.access.flush()
+    part.flush()
     digest, size = await part.hasher.hexdigest(), part.have
     part.close()
     await remove(folder, digest)  # the same bytes from another part: one copy serves both
-    await (await folder.getFileHandle(name)).move(digest)
+    with storing(name):
+        await (await folder.getFileHandle(name)).move(digest)
     return digest, size
 
 

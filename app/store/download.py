@@ -6,10 +6,12 @@ sha256 matches."""
 
 import asyncio
 import re
+import time
+from contextlib import contextmanager
 
 from .hasher import Hasher, HashError
-from .layout import PARTIAL, InstallError
-from .opfs import PIECE, options, remove
+from .layout import PARTIAL, InstallError, out_of_room
+from .opfs import PIECE, options, remove, storage_failure
 
 RETRIES = 4  # attempts in a row without progress before giving up
 WEB_PAGES = ("text/html", "application/xhtml+xml")  # never a model file (.onnx, .onnx_data, .json)
@@ -81,21 +83,49 @@ class Rate:
         return remaining / speed
 
 
+class WriteFailed(InstallError):
+    """The browser did not store bytes it was given (the bytes before them are kept)."""
+
+
+@contextmanager
+def storing(name: str):
+    """Any failure of an OPFS write, flush or move becomes a WriteFailed that says which file and why."""
+    try:
+        yield
+    except InstallError:
+        raise
+    except Exception as e:
+        if storage_failure(e) == "full":
+            raise WriteFailed(out_of_room(name)) from None
+        raise WriteFailed(f"storing {name} failed ({e}). The bytes stored so far are kept; Install resumes.") from None
+
+
 class Partial:
     """A file being written: its open sync access handle, how many bytes it holds, their running hash."""
 
-    def __init__(self, access):
+    last_write = 0.0  # time.monotonic() of the latest bytes written and handed to a hasher, by any Partial
+
+    def __init__(self, access, name: str = "the file"):
         self.access = access
+        self.name = name  # for messages
         self.have = 0
         self.hasher = Hasher()
         self.version = None  # the strong ETag of the answer its bytes came from, once known
 
     async def append(self, chunk):
         n = int(chunk.byteLength)
-        self.access.write(chunk, options(at=self.have))
+        with storing(self.name):
+            written = int(self.access.write(chunk, options(at=self.have)))
+        if written != n:  # Chrome's in-memory storage (private windows) reports "no space" as a byte count
+            raise WriteFailed(out_of_room(self.name))
         self.hasher.update(chunk)  # hands the bytes over: written first
         self.have += n
+        Partial.last_write = time.monotonic()
         await self.hasher.drain()
+
+    def flush(self):
+        with storing(self.name):
+            self.access.flush()
 
     async def resume(self, length: int):
         """Take up the bytes already in the file (a resume after a reload): hash them again."""
@@ -108,6 +138,7 @@ class Partial:
                 break
             self.hasher.update(piece.subarray(0, n))
             self.have += n
+            Partial.last_write = time.monotonic()
             await self.hasher.drain()
 
     def restart(self):
@@ -129,7 +160,7 @@ async def download(folder, f, stall_s, on_bytes, on_retry):
     url = js.URL.new(f["url"], js.location.href).href
     partial_name = f["sha256"] + PARTIAL
     handle = await folder.getFileHandle(partial_name, options(create=True))
-    part = Partial(await handle.createSyncAccessHandle())
+    part = Partial(await handle.createSyncAccessHandle(), f["path"])
     try:
         have = int(part.access.getSize())
         if have > f["size"]:
@@ -150,14 +181,15 @@ async def download(folder, f, stall_s, on_bytes, on_retry):
                                        "Check the connection; Install resumes from where it stopped.") from None
                 await on_retry(f"Connection problem ({e}); resuming…")
                 await asyncio.sleep(BACKOFF_SECONDS[max(failures - 1, 0)])
-        part.access.flush()
+        part.flush()
         digest = await part.hasher.hexdigest()
     finally:
         part.close()
     if digest != f["sha256"]:
         await remove(folder, partial_name)
         raise Mismatch(f)
-    await handle.move(f["sha256"])
+    with storing(f["path"]):
+        await handle.move(f["sha256"])
 
 
 async def fetch_into(part, url, f, stall_s, on_bytes):

@@ -10,6 +10,7 @@ import asyncio
 from .opfs import options
 
 BACKLOG = 32 * 2**20  # bytes handed over but not hashed yet; beyond this, drain() waits (memory stays flat)
+SILENCE_SECONDS = 60.0  # the thread hashes 32 MB in well under a second: this long without a word, it is gone
 
 
 class HashError(Exception):
@@ -34,22 +35,27 @@ class Hasher:
         self._wake = None
 
     def _on_event(self, event):
+        data = getattr(event, "data", None)
+        kind = getattr(data, "type", None)
         if event.type == "error":  # the thread did not start (its script did not load)
             event.preventDefault()
             self._error = str(getattr(event, "message", "") or "its script did not load")
-        elif event.data.type == "hashed":
-            self._backlog -= int(event.data.n)
-        elif event.data.type == "digest":
-            self._digest = str(event.data.hex)
-        else:
-            self._error = str(event.data.message)
+        elif kind == "hashed":
+            self._backlog -= int(data.n)
+        elif kind == "digest":
+            self._digest = str(data.hex)
+        else:  # its own error, or anything else (a null): never leave a waiter waiting
+            self._error = str(getattr(data, "message", None) or f"it sent {data!r}")
         if self._wake and not self._wake.done():
             self._wake.set_result(None)
 
     async def _wait(self):
         if self._error is None:
             self._wake = asyncio.get_event_loop().create_future()
-            await self._wake
+            try:
+                await asyncio.wait_for(self._wake, SILENCE_SECONDS)
+            except asyncio.TimeoutError:  # a thread that died without an error event
+                self._error = f"no answer for {SILENCE_SECONDS:.0f} s"
         if self._error is not None:
             raise HashError(f"the bytes could not be checked: the hashing thread failed ({self._error}). "
                             "Resume tries again with the bytes already downloaded; if it fails again, reload the page.")

@@ -21,18 +21,20 @@ from contextlib import asynccontextmanager
 
 from .checks import damaged_files, import_file
 from .convert import convert_bundle
-from .download import Mismatch, Rate, download
+from .download import Mismatch, Partial, Rate, download
 from .gallery import usage as gallery_usage
 from .hasher import HashError
 from .hub import ask_host, fetch_json, unresolved, with_host_hashes
 from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, converted_files, gb,
-                     kept_bytes, leftovers, model_folder, models_folder, page_row, partial_bytes, read_json,
+                     kept_bytes, leftovers, model_folder, models_folder, no_room_text, page_row, partial_bytes, read_json,
                      record_for, stale_imports, storage_problem, storage_text, stored, write_json)
 from .locks import held, model_lock
-from .opfs import file_sizes, folder_names, remove
+from .opfs import file_sizes, folder_names, remove, room
 
 STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
+QUIET_EXTRA_SECONDS = 15.0  # the watchdog speaks after the stall time plus this (more than a resume's backoff)
 REPORT_SECONDS = 0.25  # progress messages at most this often
+ROOM_PROBE = "room-probe.partial"  # the empty file _check_space sizes (removed at once)
 CHANNEL = "lantern-installs"  # every tab's installer tells the others how its installs go
 ELSEWHERE = ("{name} is being installed or checked in another tab of this site. "
              "Cancel it there, or wait until it ends.")
@@ -54,6 +56,7 @@ class Installer:
         self.following = set()  # models another tab is installing while this one waits for it
         self.channel = None
         self.gallery = None  # {images, mb}: what the gallery keeps, for the storage line
+        self.active_at = {}  # id -> time.monotonic() of its install's latest progress (the watchdog's clock)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -267,14 +270,19 @@ class Installer:
             for stale in leftovers(self.models[model_id], sizes, await read_json(folder, RECORD)):
                 await remove(folder, stale)
                 sizes.pop(stale)
-            await self._check_space(self.models[model_id], sizes)
+            await self._check_space(self.models[model_id], folder, sizes)
             await write_json(folder, WANTED, {"variant": entry.get("variant")})
             await remove(folder, RECORD)  # installed again only once every file is verified
             self.status[model_id].update(state="downloading")
-            await self._download_missing(model_id, folder, sizes, stall_s)
-            record = record_for(self.models[model_id])
-            if entry.get("convert"):
-                record["converted"] = await self._convert(model_id, folder)
+            watchdog = asyncio.ensure_future(self._watch(model_id, stall_s + QUIET_EXTRA_SECONDS))
+            try:
+                await self._download_missing(model_id, folder, sizes, stall_s)
+                record = record_for(self.models[model_id])
+                if entry.get("convert"):
+                    record["converted"] = await self._convert(model_id, folder)
+            finally:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
             await write_json(folder, RECORD, record)
             await remove(folder, WANTED)
             _, sizes, record = await self.refresh(model_id)
@@ -301,6 +309,24 @@ class Installer:
         finally:
             await self.report()
 
+    def _active(self, model_id):
+        self.active_at[model_id] = time.monotonic()
+
+    async def _watch(self, model_id, quiet_s):
+        """While an install downloads or converts: when no byte has been written or hashed for `quiet_s`
+        (not the network's stall, which resumes on its own and counts as activity), the row says so; its
+        Cancel stays offered."""
+        self._active(model_id)
+        status = self.status[model_id]
+        while True:
+            await asyncio.sleep(min(quiet_s / 4, 5))
+            quiet = time.monotonic() - max(self.active_at[model_id], Partial.last_write)
+            if quiet > quiet_s and status["state"] in ("downloading", "converting"):
+                status.update(message=f"Nothing has been written or checked for {quiet:.0f} s: the browser's "
+                                      "storage may be stuck. Cancel stops the install and keeps the bytes stored "
+                                      "so far.", speed=0, eta_s=-1)
+                await self.report()
+
     async def _ask_host(self, model_id, folder):
         """Record the host's sha256 of the files that take it from there, before any of their bytes."""
         self.status[model_id]["message"] = "Asking huggingface.co for the files' sha256…"
@@ -313,6 +339,7 @@ class Installer:
         status = self.status[model_id]
 
         async def on_part(part):
+            self._active(model_id)
             status.update(state="converting", message=f"Converting {part} for this GPU (32-bit math)…", speed=0,
                           eta_s=-1)
             await self.report()
@@ -325,7 +352,7 @@ class Installer:
         record.pop(path, None)
         await write_json(folder, HOST_HASHES, record)
 
-    async def _check_space(self, entry, sizes):
+    async def _check_space(self, entry, folder, sizes):
         import js
 
         needed = sum(f["size"] - partial_bytes(f, sizes) for f in entry["files"] if not stored(f, sizes))
@@ -334,6 +361,11 @@ class Installer:
         problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
         if problem:
             raise InstallError(problem)
+        # The quota does not tell a private window's in-memory storage (about 1.3 GB in Chrome 156) from
+        # disk; sizing a file to what the install needs does.
+        fits = await room(folder, needed, ROOM_PROBE)
+        if fits < needed:
+            raise InstallError(no_room_text(needed, fits))
 
     async def _download_missing(self, model_id, folder, sizes, stall_s):
         entry, status = self.models[model_id], self.status[model_id]
@@ -344,6 +376,7 @@ class Installer:
                 continue
 
             async def on_bytes(have, f=f):
+                self._active(model_id)
                 rate.add(time.monotonic(), done + have)
                 eta = rate.eta(status["total"] - done - have)
                 status.update(done=done + have, speed=rate.speed(), eta_s=-1 if eta is None else eta,
@@ -351,6 +384,7 @@ class Installer:
                 await self.report(force=False)
 
             async def on_retry(message):
+                self._active(model_id)
                 status["message"] = message
                 await self.report()
 

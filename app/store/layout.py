@@ -108,6 +108,21 @@ def storage_problem(needed: int, usage: int, quota: int) -> str | None:
     return None
 
 
+PRIVATE_WINDOW = ("In a private (Incognito or Guest) window the browser keeps a site's files in memory, holds "
+                  "little of them and drops them all when the window closes: open Lantern in a normal window to "
+                  "install it. Otherwise, free some space (delete models or gallery images).")
+
+
+def out_of_room(name: str) -> str:
+    return (f"the browser stopped storing {name}: it has no more room for this site. {PRIVATE_WINDOW} "
+            "The bytes stored so far are kept; Install resumes.")
+
+
+def no_room_text(needed: int, room: int) -> str:
+    return (f"Not enough storage: this model needs {gb(needed)} more, but this browser window can store only about "
+            f"{gb(room)} more for this site. {PRIVATE_WINDOW}")
+
+
 def page_row(model_id: str, entry: dict, status: dict) -> dict:
     return {"id": model_id, "name": entry["name"], "state": status.get("state", "not-installed"),
             "done_mb": status.get("done", 0) / 1e6, "total_mb": sum(f["size"] for f in entry["files"]) / 1e6,

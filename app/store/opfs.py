@@ -48,6 +48,38 @@ async def remove(folder, name: str, recursive: bool = False):
             raise
 
 
+async def room(folder, needed: int, probe: str, steps: int = 5) -> int:
+    """How many of `needed` bytes this storage can still hold (`needed` when it has room), found by sizing
+    an empty file: instant on disk (a sparse file), while Chrome's in-memory storage (private windows)
+    allocates the bytes or, over its limit, silently leaves the file empty. Below `needed`, the figure is
+    bisected to needed / 2**steps."""
+    handle = await folder.getFileHandle(probe, options(create=True))
+    access = await handle.createSyncAccessHandle()
+
+    def fits(n: int) -> bool:
+        try:
+            access.truncate(n)
+            return int(access.getSize()) == n
+        except Exception as e:
+            if storage_failure(e) == "full":
+                return False
+            raise
+        finally:
+            access.truncate(0)
+
+    try:
+        if fits(needed):
+            return needed
+        low, high = 0, needed
+        for _ in range(steps):
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        return low
+    finally:
+        access.close()
+        await remove(folder, probe)
+
+
 async def pieces(file):
     """A File's bytes as Uint8Arrays of at most PIECE bytes, read one at a time."""
     import js

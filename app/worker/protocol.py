@@ -36,6 +36,7 @@ from .capabilities import capabilities
 from .device import pick_variant, unsuitable
 from .generator import Generator
 from .messages import post
+from .rejections import install as settle_every_rejection
 from .tokens import TokenCounter
 
 
@@ -101,6 +102,7 @@ async def read_manifest(url: str):
 
 
 async def start(manifest_url: str):
+    settle_every_rejection()
     (entries, rejected, problem), caps = await asyncio.gather(read_manifest(manifest_url), capabilities())
     worker = Worker(entries, caps, rejected)
     models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
