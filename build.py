@@ -14,7 +14,7 @@ What goes in, and where it lands in the site:
   (the manifest's hosts)    -> headers.json: the Content-Security-Policy and the other security
                                headers, sent by serve.py and added by sw.js to what it serves
   build.lock.json pins:
-    npm onnxruntime-web      -> vendor/ort/          (native WebGPU build + its asyncify wasm)
+    npm onnxruntime-web      -> vendor/ort/          (native WebGPU builds: JSPI, and asyncify elsewhere)
     npm pyodide              -> vendor/pyodide/      (core, stdlib, pyodide-lock.json)
     npm @pyscript/core       -> vendor/pyscript/     (dist/, without source maps)
     npm @micropython/...     -> vendor/micropython/  (micropython.mjs, micropython.wasm)
@@ -142,6 +142,9 @@ VENDOR = {
             "dist/ort.webgpu.min.mjs",
             "dist/ort-wasm-simd-threaded.asyncify.mjs",
             "dist/ort-wasm-simd-threaded.asyncify.wasm",
+            "dist/ort.jspi.min.mjs",
+            "dist/ort-wasm-simd-threaded.jspi.mjs",
+            "dist/ort-wasm-simd-threaded.jspi.wasm",
         ),
         optional=("LICENSE",),
     ),

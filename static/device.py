@@ -25,6 +25,8 @@ def show_capabilities(caps):
                  ("Largest block a shader reads", f"{caps.max_storage_buffer_binding_size // 1048576} MiB")]
     else:
         rows.append(("Why", caps.reason))
+    rows.append(("Model loading", "streamed to the GPU (JSPI)" if caps.ort_build == "jspi"
+                 else "each model file read whole first (this browser lacks JSPI)"))
     dl = el("capabilities")
     dl.innerHTML = ""
     for name, value in rows:

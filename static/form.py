@@ -35,6 +35,8 @@ def apply_preset(preset):
         el("steps").value = str(preset["steps"])
     if not chosen("preview-every"):
         el("preview-every").value = str(preset["preview_every"])
+    if not chosen("memory") and "memory" in preset:
+        el("memory").value = preset["memory"]
 
 
 def fill_resolutions(model_id, resolution=None, steps=None):
@@ -154,6 +156,7 @@ def generate(event):
             "resolution": el("resolution").value,
             "model": el("model").value,
             "preview_every": el("preview-every").value,
+            "memory": el("memory").value,
             "autosave": gallery_ui.autosave(),
         }, count, index=k + 1)
 
@@ -200,7 +203,10 @@ def retry_run(event):
     el("model").value = params["model"]
     fill_resolutions(params["model"], params["resolution"], params["steps"])
     clear_results()
-    submit(dict(params, preview_every=el("preview-every").value, autosave=gallery_ui.autosave()))
+    el("memory").value = params.get("memory", "")  # kept for the runs after it: the memory they need is the same
+    touched.add("memory")
+    submit(dict(params, preview_every=el("preview-every").value, memory=el("memory").value,
+                autosave=gallery_ui.autosave()))
 
 
 def randomize(event):

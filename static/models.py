@@ -87,8 +87,10 @@ def add_row(m):
     # the kind of pictures (test models say they draw test patterns), what it needs, the licence, and
     # where the hashes its files are checked against come from.
     variant = f"{m.variant} variant, {size_text(m.total_mb)} download" if m.variant else ""
-    if m.convert_mb:
+    if m.convert_mb and m.convert_to == "fp32-activations":
         variant += f", converted here for 32-bit math (up to {size_text(m.convert_mb)} more on disk)"
+    elif m.convert_mb:  # "external-data": each graph split from its weights, so that they can stream to the GPU
+        variant += f", prepared here for loading ({size_text(m.convert_mb)} more on disk)"
     facts = (variant, m.variant_reason, m.style, m.needs, f"License: {m.license}" if m.license else "", m.hashes)
     make("p", row, " · ".join(x for x in facts if x), class_="model-details", id=f"model-{m.id}-details")
     r["message"] = make("p", row, "", class_="model-message", id=f"model-{m.id}-message")

@@ -60,7 +60,7 @@ def show_error(text):
     box.hidden = not text
 
 
-FIELDS = ("prompt", "seed", "steps", "resolution", "count", "preview-every", "model")
+FIELDS = ("prompt", "seed", "steps", "resolution", "count", "preview-every", "memory", "model")
 
 
 def field_error(field, text):

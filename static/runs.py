@@ -215,8 +215,8 @@ def on_error(msg):
         offered = msg.retry
         if offered:
             set_retry({"prompt": offered.prompt, "seed": offered.seed, "steps": offered.steps,
-                       "resolution": offered.resolution, "model": offered.model},
-                      f"Retry at {offered.resolution}, {offered.steps} steps")
+                       "resolution": offered.resolution, "model": offered.model, "memory": offered.memory or ""},
+                      msg.retry_label)
         else:
             set_retry(params, "Retry")
         replace_worker()  # free everything the failed run allocated

@@ -7,8 +7,11 @@ const site = new URL("./", import.meta.url);
 const boot = (globalThis.lanternBoot = []);
 const mark = (step) => boot.push([step, Math.round(performance.now())]);
 
+// onnxruntime-web's JSPI build streams each external-data Blob to the GPU while a session is created;
+// the asyncify build, for browsers without JSPI, reads every Blob whole into the tab first.
+const ortBuild = (globalThis.lanternOrtBuild = typeof WebAssembly.Suspending === "function" ? "jspi" : "asyncify");
 // What does not need Python starts at once, so that it overlaps Pyodide's own start.
-const ortModule = import("./vendor/ort/ort.webgpu.min.mjs").then((ort) => {
+const ortModule = import(ortBuild === "jspi" ? "./vendor/ort/ort.jspi.min.mjs" : "./vendor/ort/ort.webgpu.min.mjs").then((ort) => {
   globalThis.ort = ort; // for diagnostics from devtools (e.g. ort.env.webgpu.device), and fault-injection tests
   ort.env.wasm.wasmPaths = new URL("vendor/ort/", site).href;
   // Threads need cross-origin isolation (serve.py sends COOP/COEP); leave a core for the page.

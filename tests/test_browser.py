@@ -169,29 +169,29 @@ def test_same_seed_twice_gives_identical_png_bytes(app):
     assert other != first
 
 
+# What the page itself runs on its main thread: Long Animation Frames (frames over 50 ms) list the scripts
+# that ran in them, with their durations. A frame gap also grows when the machine does not schedule the
+# page (another process busy), but script time is the page's own work.
 PROBE = """() => {
     (window.__probe || {}).running = false;
-    const probe = window.__probe = {maxGap: 0, longTasks: [], running: true};
+    const probe = window.__probe = {maxGap: 0, scriptMs: [], running: true};
     let last = performance.now();
     const frame = (t) => { probe.maxGap = Math.max(probe.maxGap, t - last); last = t;
                            if (probe.running) requestAnimationFrame(frame); };
     requestAnimationFrame(frame);
-    new PerformanceObserver((list) => list.getEntries().forEach(e => probe.running && probe.longTasks.push(e.duration)))
-        .observe({type: 'longtask'});
+    new PerformanceObserver((list) => list.getEntries().forEach((e) => probe.running &&
+        probe.scriptMs.push(e.scripts.reduce((ms, s) => ms + s.duration + s.forcedStyleAndLayoutDuration, 0))))
+        .observe({type: 'long-animation-frame'});
 }"""
 STOP_PROBE = "() => { window.__probe.running = false; return window.__probe; }"
+OWN_WORK_MS = 200  # a visitor notices a page that does not answer for this long
 
 
 def test_page_stays_responsive_while_generating(app):
-    """Measured in the page: the longest gap between animation frames and the long tasks
-    (PerformanceObserver 'longtask', >50 ms) during a whole generation, plus typing mid-run. The
-    limits are what a visitor notices (a 500 ms freeze, a 200 ms task), or a few times what the same
-    page shows idle just before on this machine, whichever is larger: a loaded machine slips frames
-    whatever the page does, and that must not fail the test."""
+    """During a whole generation, with typing mid-run, no frame of the page spends more than 200 ms in its
+    own scripts (Long Animation Frames' script timings). The longest gap between frames is printed, not
+    checked: it also counts the time a busy machine leaves the page unscheduled."""
     fill(app, seed="5", steps="2")
-    app.evaluate(PROBE)
-    app.wait_for_timeout(2000)  # a measuring window, not a wait for something
-    idle = app.evaluate(STOP_PROBE)
     app.evaluate(PROBE)
     steps, finished = counter(app, "steps"), counter(app, "finished")
     app.get_by_role("button", name="Generate").click()
@@ -201,11 +201,10 @@ def test_page_stays_responsive_while_generating(app):
     wait_counter(app, "finished", finished + 1)
     expect(app.get_by_role("status")).to_have_text("Done.")
     probe = app.evaluate(STOP_PROBE)
-    idle_task = max(idle["longTasks"], default=0)
-    print(f"responsiveness: longest frame gap {probe['maxGap']:.0f} ms (idle {idle['maxGap']:.0f} ms), "
-          f"long tasks {probe['longTasks']} (idle {idle['longTasks']})")
-    assert probe["maxGap"] < max(500, 4 * idle["maxGap"])
-    assert max(probe["longTasks"], default=0) < max(200, 4 * idle_task)
+    own = max(probe["scriptMs"], default=0)
+    print(f"responsiveness: the page's own script time per long frame, at most {own:.0f} ms "
+          f"({len(probe['scriptMs'])} frames over 50 ms); longest frame gap {probe['maxGap']:.0f} ms")
+    assert own < OWN_WORK_MS, probe["scriptMs"]
 
 
 def test_cancel_stops_the_run_and_the_next_one_succeeds(app):

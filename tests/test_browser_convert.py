@@ -20,23 +20,13 @@ from app.worker.device import pick_variant
 from conftest import RUN_TIMEOUT_MS, expect_ready, run
 from test_browser import fill, generate_and_download
 from test_browser_hub import opfs_json
-from test_browser_real_interfaces import offering, q4f16_entry
+from test_browser_real_interfaces import FLIP_BYTE, offering, q4f16_entry
 from test_onnx_fp32 import convert
 from test_real_interfaces import PARTS, Q4F16
 
 pytestmark = pytest.mark.browser
 
 MODEL = "tiny-q4"
-
-FLIP_BYTE = """async ([model, name, at]) => {
-    const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
-    const handle = await (await models.getDirectoryHandle(model)).getFileHandle(name);
-    const byte = new Uint8Array(await (await handle.getFile()).slice(at, at + 1).arrayBuffer());
-    const writable = await handle.createWritable({keepExistingData: true});
-    await writable.write({type: 'write', position: at, data: new Uint8Array([byte[0] ^ 1])});
-    await writable.close();
-}"""
-
 
 # What an interrupted conversion leaves: no installed.json, no converted files, a partial one.
 INTERRUPT = """async ([model, converted]) => {

@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
 from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, expect_ready, run, tiny_by_default
-from test_browser import PIXEL_TOLERANCE, counter, fill, generate_and_download, press_and_wait, record, recorded, wait_counter
+from test_browser import PIXEL_TOLERANCE, PROMPT, counter, fill, generate_and_download, press_and_wait, record, recorded, wait_counter
 
 pytestmark = pytest.mark.browser
 
@@ -116,18 +116,38 @@ def test_recovery_that_keeps_failing_stops_with_a_retry_button(app):
         app.unroute("**/worker.mjs", serve_worker)
 
 
-def test_out_of_memory_offers_a_lower_preset_and_the_retry_succeeds(app):
-    fill(app, seed="23", steps="3", resolution="128x128")
-    app.workers[-1].evaluate(INJECT_OOM)  # the worker that will run this request
-    press_and_wait(app, ending="Stopped.")
-    expect(app.get_by_role("alert")).to_contain_text("The GPU ran out of memory")
-    retry = app.get_by_role("button", name="Retry at 96x64, 2 steps")
-    expect(retry).to_be_visible()
-    press_and_wait(app, "Retry at 96x64, 2 steps")
+def download_png(page):
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download").click()
+    return open(info.value.path(), "rb").read()
+
+
+def test_out_of_memory_retries_with_tiles_then_one_part_at_a_time_then_a_smaller_size(app, cpu_pipeline):
+    """Each out-of-memory offers the next way to use less memory for the same picture: the VAE decoded in
+    tiles (the image then matches CPython's tiled decode, not the whole one), then the parts loaded one at
+    a time as well, then a smaller size. The Memory choice stays where the retry put it."""
+    fill(app, seed="23", steps="2", resolution="128x128")
+    app.get_by_label("Memory use").select_option("")
+    generate_and_download(app)  # the model loaded: the first out-of-memory comes while running, not loading
+    steps = [("Retry, decoding in tiles", "tiles"),
+             ("Retry, loading one part at a time and decoding in tiles", "parts+tiles"),
+             ("Retry at 96x64, 2 steps", "parts+tiles")]
+    for label, memory in steps:
+        app.workers[-1].evaluate(INJECT_OOM)  # the worker that will run this request
+        press_and_wait(app, ending="Stopped.")
+        expect(app.get_by_role("alert")).to_contain_text("The GPU ran out of memory")
+        press_and_wait(app, label)
+        expect(app.get_by_label("Memory use")).to_have_value(memory)
+        if memory == "tiles":
+            image = Image.open(io.BytesIO(download_png(app)))
+            assert image.size == (128, 128)
+            tiled = to_uint8(run(cpu_pipeline.generate(PROMPT, 23, 2, 128, 128, decode_tile=32))).astype(int)
+            whole = to_uint8(run(cpu_pipeline.generate(PROMPT, 23, 2, 128, 128))).astype(int)
+            got = np.asarray(image.convert("RGB")).astype(int)
+            assert np.abs(got - tiled).max() <= PIXEL_TOLERANCE < np.abs(got - whole).max()
     expect(app.get_by_label("Resolution")).to_have_value("96x64")
-    with app.expect_download() as info:
-        app.get_by_role("button", name="Download").click()
-    assert Image.open(info.value.path()).size == (64, 96)
+    assert Image.open(io.BytesIO(download_png(app))).size == (64, 96)
+    app.get_by_label("Memory use").select_option("")
     fill(app, seed="24", steps="1")  # and the next ordinary run works too
     name, _ = generate_and_download(app)
     assert name.endswith("_24.png")
@@ -199,3 +219,43 @@ def test_a_first_visit_in_two_tabs_measures_one_at_a_time_and_installs_the_bench
         assert unet == [None]  # one tab installed it; the other waited for it
     finally:
         context.close()
+
+
+def test_onnxruntime_web_runs_its_jspi_build_where_the_browser_has_jspi_and_asyncify_elsewhere(app, browser, server):
+    """The JSPI build streams a model's weights to the GPU; a browser without JSPI (hidden here) gets the
+    asyncify build, and the device bench (sessions created, UNet steps run) still works on it."""
+    assert "streamed to the GPU (JSPI)" in app.locator("#capabilities").text_content()
+    assert any(u.endswith("/ort-wasm-simd-threaded.jspi.wasm") for u in app.requests)
+    context = tiny_by_default(browser.new_context(service_workers="block"))
+
+    def without_jspi(route):
+        response = route.fetch()
+        route.fulfill(response=response, body="delete WebAssembly.Suspending;\n" + response.text())
+
+    context.route("**/worker.mjs", without_jspi)
+    wasm = []
+    try:
+        page = context.new_page()
+        page.on("request", lambda r: wasm.append(r.url.rpartition("/")[2]) if r.url.endswith(".wasm") else None)
+        page.goto(server)
+        wait_counter(page, "measured", 1, "#tier", timeout=BOOT_TIMEOUT_MS + RUN_TIMEOUT_MS)
+        assert "not measured" not in page.locator("#tier").text_content()
+        assert "read whole first (this browser lacks JSPI)" in page.locator("#capabilities").text_content()
+        assert "ort-wasm-simd-threaded.asyncify.wasm" in wasm and "ort-wasm-simd-threaded.jspi.wasm" not in wasm
+    finally:
+        context.close()
+
+
+def test_one_part_at_a_time_gives_the_same_png_bytes_as_the_normal_mode(app):
+    """Low-memory mode creates, runs and releases each part in turn; the picture does not change."""
+    fill(app, seed="31", steps="2")
+    try:
+        app.get_by_label("Memory use").select_option("")
+        _, normal = generate_and_download(app)
+        app.get_by_label("Memory use").select_option("parts")
+        _, low = generate_and_download(app)
+    finally:
+        app.get_by_label("Memory use").select_option("")
+    assert low == normal
+    log = app.workers[-1].evaluate("lanternModels")
+    assert log[-2:] == ["release tiny-sdxl-turbo", "load tiny-sdxl-turbo"]  # reloaded in the other mode

@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from app.pipeline.bundle import to_uint8
 from conftest import ROOT, RUN_TIMEOUT_MS, expect_ready, run, tiny_by_default
 from test_browser import fill, generate_and_download
-from test_browser_real_interfaces import offering
+from test_browser_real_interfaces import offering, opfs_json
 
 pytestmark = pytest.mark.browser
 
@@ -85,14 +85,6 @@ class FakeHub:
 
 def install(page, model_id):
     page.locator(f"#model-{model_id}").get_by_role("button", name="Install", exact=True).click()
-
-
-def opfs_json(page, model_id, name):
-    return page.evaluate("""async ([model, name]) => {
-        const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
-        const folder = await models.getDirectoryHandle(model);
-        return JSON.parse(await (await (await folder.getFileHandle(name)).getFile()).text());
-    }""", [model_id, name])
 
 
 def test_hashes_from_the_host_are_checked_recorded_and_never_trusted_over_the_bytes(browser, server, cpu_pipeline):

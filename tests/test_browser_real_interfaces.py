@@ -1,5 +1,6 @@
 """fp16 tensors across the real web bridge: the tiny bundle in the webnn q4f16 layout (MatMulNBits int4
-weights, fp16 in and out, int32/int64 ids, files under onnx/) installs and generates in headless Chromium.
+weights, fp16 in and out, int32/int64 ids, files under onnx/) installs (each single-file graph split into a
+graph and its weights, verified and repaired like any converted file) and generates in headless Chromium.
 SwiftShader has no shader-f16, so it runs on onnxruntime-web's CPU (wasm) back end, which does run these
 graphs (MatMulNBits included); the image must match the CPython pipeline over the same files."""
 
@@ -31,9 +32,28 @@ def q4f16_entry():
     files = q4f16_files()
     variant = {"id": "q4f16", "precision": "q4f16", "requires": {"webgpu": False, "shader_f16": False},
                "gpu_memory_bytes": 100_000_000, "disk_bytes": sum(f["size"] for f in files),
-               "parts": PARTS, "conditioning_outputs": CONDITIONING, "free_dimensions": FREE_DIMENSIONS,
+               "convert": {"from": PARTS, "to": "external-data"}, "conditioning_outputs": CONDITIONING,
+               "free_dimensions": FREE_DIMENSIONS,
                "files": files}
     return dict(entry, id=MODEL, name="Tiny SDXL-Turbo q4f16 (test model)", bench=False, variants=[variant])
+
+
+FLIP_BYTE = """async ([model, name, at]) => {
+    const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
+    const handle = await (await models.getDirectoryHandle(model)).getFileHandle(name);
+    const byte = new Uint8Array(await (await handle.getFile()).slice(at, at + 1).arrayBuffer());
+    const writable = await handle.createWritable({keepExistingData: true});
+    await writable.write({type: 'write', position: at, data: new Uint8Array([byte[0] ^ 1])});
+    await writable.close();
+}"""
+
+
+def opfs_json(page, model_id, name):
+    return page.evaluate("""async ([model, name]) => {
+        const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
+        const folder = await models.getDirectoryHandle(model);
+        return JSON.parse(await (await (await folder.getFileHandle(name)).getFile()).text());
+    }""", [model_id, name])
 
 
 def offering(context, *entries):
@@ -58,13 +78,28 @@ def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type
         row = page.locator(f"#model-{MODEL}")
         row.get_by_role("button", name="Install", exact=True).click()
         expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+        # Each single-file graph was split at install into a graph and its weights, both recorded.
+        converted = opfs_json(page, MODEL, "installed.json")["converted"]
+        assert set(converted) == {f"{p}/{n}" for p in PARTS for n in ("model.onnx", "model.onnx_data")}
+        sizes = {f["path"]: f["size"] for f in extra["variants"][0]["files"]}
+        for part, source in PARTS.items():
+            graph, data = converted[f"{part}/model.onnx"][1], converted[f"{part}/model.onnx_data"][1]
+            assert graph < sizes[source] // 2 and graph + data >= sizes[source] - graph, part
         page.get_by_label("Model", exact=True).select_option(MODEL)
         fill(page, prompt="a photo of a cat", seed="5", steps="2")
         _, png = generate_and_download(page)
+        # A flipped bit in the split-off weights: Verify finds it, Repair splits the download again.
+        message = page.locator(f"#model-{MODEL}-message")
+        page.evaluate(FLIP_BYTE, [MODEL, converted["unet/model.onnx_data"][0], 1000])
+        row.get_by_role("button", name="Verify").click()
+        expect(message).to_contain_text("unet/model.onnx_data did not match its sha256", timeout=RUN_TIMEOUT_MS)
+        row.get_by_role("button", name="Repair").click()
+        expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+        assert opfs_json(page, MODEL, "installed.json")["converted"] == converted
     finally:
         browser.close()
     img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-    cpu = run(SDXLTurbo.load(OrtRuntime(Q4F16), pick_variant(extra, {})))
+    cpu = run(SDXLTurbo.load(OrtRuntime(Q4F16), dict(pick_variant(extra, {}), parts=PARTS)))  # the single files
     expected = to_uint8(run(cpu.generate("a photo of a cat", 5, 2, 64, 64))).astype(int)
     diff = np.abs(img - expected)
     print(f"q4f16 in the browser (wasm) vs CPython: max |diff| {diff.max()} levels, mean {diff.mean():.4f}")

@@ -182,7 +182,8 @@ def test_built_site_layout(project, tmp_path):
     for rel in [
         "index.html", "main.py", "js/worker.mjs", "app.zip", "models_manifest.json", "build-info.json",
         "vendor/ort/ort.webgpu.min.mjs", "vendor/ort/ort-wasm-simd-threaded.asyncify.mjs",
-        "vendor/ort/ort-wasm-simd-threaded.asyncify.wasm",
+        "vendor/ort/ort-wasm-simd-threaded.asyncify.wasm", "vendor/ort/ort.jspi.min.mjs",
+        "vendor/ort/ort-wasm-simd-threaded.jspi.mjs", "vendor/ort/ort-wasm-simd-threaded.jspi.wasm",
         "vendor/pyodide/pyodide.mjs", "vendor/pyodide/pyodide.asm.js", "vendor/pyodide/pyodide.asm.wasm",
         "vendor/pyodide/python_stdlib.zip", "vendor/pyodide/pyodide-lock.json", "vendor/pyodide/package.json",
         "vendor/pyscript/core.js", "vendor/pyscript/core.css",

@@ -93,12 +93,15 @@ def test_the_models_panel_says_what_the_real_variants_need():
     entry = json.loads((ROOT / "models_manifest" / "sdxl-turbo.json").read_text())
     q4f16, q4, fp32 = (pick_variant(dict(entry, variants=[v]), GPU)["needs"] for v in entry["variants"])
     assert q4f16 == ("Needs WebGPU with 16-bit shaders (shader-f16), GPU buffers of 128 MiB, "
-                     "about 4 GB of GPU memory, about 2.0 GB of free memory in the tab to load its unet")
+                     "about 4 GB of GPU memory, up to 2.0 GB of free memory in the tab to load its unet")
     assert q4 == ("Needs WebGPU, GPU buffers of 256 MiB, about 8 GB of GPU memory, "
                   "up to 3.9 GB of free memory in the tab to load its unet")
     # onnxruntime-web reads unet/model.onnx_data's 10.27 GB whole before it creates the session
     assert fp32 == ("Needs WebGPU, GPU buffers of 256 MiB, about 16 GB of GPU memory, "
                     "about 10.3 GB of free memory in the tab to load its unet")
+    # The JSPI build streams the weights from storage to the GPU: the tab holds none of them whole.
+    jspi = pick_variant(dict(entry, variants=[entry["variants"][0]]), dict(GPU, ort_build="jspi"))["needs"]
+    assert jspi == "Needs WebGPU with 16-bit shaders (shader-f16), GPU buffers of 128 MiB, about 4 GB of GPU memory"
 
 
 def test_sdxl_turbo_prefers_q4f16_then_q4_then_fp32():
@@ -124,3 +127,20 @@ def test_the_variant_a_device_gets_says_why_when_it_is_not_the_first():
     assert reason == ("q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks, "
                       "so the fp32 variant is used here.")
     assert "variant_reason" not in pick_variant(entry, {"backend": "wasm"})  # none runs: unsuitable() explains
+
+
+def test_each_out_of_memory_retries_with_less_memory_then_a_smaller_size():
+    from app.worker.device import next_memory
+
+    assert [next_memory(m, False) for m in ("", "tiles", "parts", "parts+tiles")] == ["tiles", "parts+tiles",
+                                                                                     "parts+tiles", None]
+    # While loading, tiles cannot help: one part at a time at once.
+    assert [next_memory(m, True) for m in ("", "tiles", "parts", "parts+tiles")] == ["parts", "parts+tiles", None, None]
+
+
+def test_a_slow_device_with_small_buffers_starts_one_part_at_a_time():
+    from app.worker.device import memory_preset
+
+    phone = dict(GPU, max_buffer_size=256 * 2**20)
+    assert memory_preset(phone, "slow") == "parts"
+    assert memory_preset(phone, "medium") == memory_preset(GPU, "slow") == memory_preset({"backend": "wasm"}, "slow") == ""

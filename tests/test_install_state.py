@@ -26,6 +26,8 @@ def test_downloaded_but_not_converted_says_so():
 
 def test_the_reserve_for_converted_files_doubles_the_sources_only():
     assert convert_reserve(ENTRY) == 200 and convert_reserve(dict(ENTRY, convert={})) == 0
+    split = dict(ENTRY, convert={"from": {"unet": SOURCE["path"]}, "to": "external-data"})
+    assert convert_reserve(split) == 100  # a split moves the weights, it does not grow them
 
 
 def test_leftovers_are_what_belongs_neither_to_the_download_nor_to_the_conversion():

@@ -176,7 +176,8 @@ def test_every_committed_entry_is_complete():
 def test_sdxl_turbo_offers_q4f16_then_fp32_with_exact_sizes_and_the_hashes_known():
     q4f16, q4, fp32 = entry_file("sdxl-turbo")["variants"]
     # q4 is the same download, converted at install for GPUs without shader-f16
-    assert q4["files"] == q4f16["files"] and q4["convert"] == {"from": q4f16["parts"], "to": "fp32-activations"}
+    assert q4["files"] == q4f16["files"] and q4["convert"] == dict(q4f16["convert"], to="fp32-activations")
+    assert q4f16["convert"]["to"] == "external-data"  # its single-file graphs are split at install
     assert not q4["requires"]["shader_f16"] and "parts" not in q4
     assert (q4f16["id"], q4f16["precision"], fp32["id"]) == ("q4f16", "q4f16", "fp32")
     assert q4f16["requires"]["shader_f16"] and not fp32["requires"]["shader_f16"]
@@ -188,7 +189,7 @@ def test_sdxl_turbo_offers_q4f16_then_fp32_with_exact_sizes_and_the_hashes_known
     assert webnn["onnx/unet_model_q4f16.onnx"]["sha256"].startswith("eb2b07ef")
     assert {p for p, f in webnn.items() if f.get("sha256_from") == "host"} == set(webnn) - {"onnx/unet_model_q4f16.onnx"}
     assert all(f["url"] == f"https://huggingface.co/webnn/sdxl-turbo/resolve/main/{p}" for p, f in webnn.items())
-    assert q4f16["parts"]["unet"] == "onnx/unet_model_q4f16.onnx"
+    assert q4f16["convert"]["from"]["unet"] == "onnx/unet_model_q4f16.onnx"
     assert q4f16["conditioning_outputs"] == {"text_encoder": "hidden_states.11", "text_encoder_2": "hidden_states.31"}
     official = {f["path"]: f for f in fp32["files"] if f["url"].startswith("https://")}
     assert sum(f["size"] for f in official.values()) == 13_747_509_019

@@ -16,9 +16,9 @@ from conftest import assert_close, run
 from test_real_interfaces import CONDITIONING, FP16_FIDELITY, PARTS, Q4F16
 
 
-def convert(src, dst, window=fp32.WINDOW_BYTES):
+def convert(src, dst, window=fp32.WINDOW_BYTES, to_fp32=True):
     """Convert one file the way the worker does (windowed reads, weights appended as met); returns
-    (Conversion, largest single read)."""
+    (Conversion, largest single read). With `to_fp32` false it is only split into graph and weights."""
     data = src.read_bytes()
     reads = []
 
@@ -31,7 +31,7 @@ def convert(src, dst, window=fp32.WINDOW_BYTES):
     async def write_data(raw):
         chunks.append(raw)
 
-    stats = fp32.Conversion()
+    stats = fp32.Conversion(fp32=to_fp32)
     old, fp32.WINDOW_BYTES = fp32.WINDOW_BYTES, window
     try:
         model = run(fp32.convert_model(read, len(data), write_data, dst.name + "_data", stats))
@@ -99,3 +99,25 @@ def test_converting_twice_gives_the_same_bytes(tmp_path):
         convert(src, tmp_path / folder / "unet.onnx", window)
     for name in ("unet.onnx", "unet.onnx_data"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_a_split_graph_keeps_every_type_and_gives_the_same_pictures(tmp_path, manifest_entry):
+    """The install-time split of a single-file graph (q4f16) moves its weights to a file of their own and
+    changes nothing else: float16 stays float16, the graph keeps no large tensor, and the pictures are the
+    same bits as from the single files."""
+    for name in ("tokenizer", "tokenizer_2"):
+        shutil.copytree(Q4F16 / name, tmp_path / name)
+    shutil.copy(Q4F16 / "scheduler_config.json", tmp_path)
+    for part, path in PARTS.items():
+        stats, _ = convert(Q4F16 / path, tmp_path / f"{part}.onnx", to_fp32=False)
+        assert stats.table() == [], part  # nothing converted
+        graph = (tmp_path / f"{part}.onnx").read_bytes()
+        assert largest_initializer(graph) < 1024 + 200 and len(graph) < (Q4F16 / path).stat().st_size, part
+        types = {v.type for s in [ort.InferenceSession(str(tmp_path / f"{part}.onnx"))]
+                 for v in s.get_inputs() + s.get_outputs()}
+        assert "tensor(float16)" in types or part.startswith("text_encoder"), (part, types)
+    entry = dict(manifest_entry, conditioning_outputs=CONDITIONING)
+    whole = run(SDXLTurbo.load(OrtRuntime(Q4F16), dict(entry, parts=PARTS)))
+    split = run(SDXLTurbo.load(OrtRuntime(tmp_path), dict(entry, parts={p: f"{p}.onnx" for p in PARTS})))
+    np.testing.assert_array_equal(run(split.generate("a photo of a cat", 5, 2, 64, 64)),
+                                  run(whole.generate("a photo of a cat", 5, 2, 64, 64)))

@@ -6,7 +6,8 @@ which onnxruntime's MatMulNBits accepts); nothing else changes. The precision ch
 It streams: the source is read in windows (`await read(start, end)`), and the raw data of every
 initializer of `EXTERNAL_MIN_BYTES` or more goes to an external-data file a window at a time as it is
 met (`await write_data(bytes)`), so neither a 2 GB UNet nor one of its tensors sits whole in memory;
-what comes back is the small graph, which names that file for its weights.
+what comes back is the small graph, which names that file for its weights. With `Conversion(fp32=False)`
+the same streaming only splits a single-file graph into that small graph and its weights, unchanged.
 """
 
 from collections import Counter
@@ -27,9 +28,12 @@ DTYPE_ATTRIBUTES = {("Cast", "to")}  # attributes that name an element type: flo
 
 
 class Conversion:
-    """What one conversion touched, for the log and the tests: (what, op type) -> count."""
+    """What one conversion touched, for the log and the tests: (what, op type) -> count. With `fp32` false
+    nothing is converted: the model only has its weights moved to the external-data file (what loading a
+    single-file graph needs: onnxruntime-web copies a whole graph into its 4 GiB wasm heap to parse it)."""
 
-    def __init__(self):
+    def __init__(self, fp32: bool = True):
+        self.fp32 = fp32
         self.touched = Counter()
         self.consumers = {}  # initializer name -> op types that read it
         self.external_bytes = 0
@@ -237,7 +241,7 @@ async def _convert_main_graph(source, pos, end, write_data, location, stats) -> 
             raise ValueError("sparse initializers are not supported")
         else:
             field = await source.bytes(pos, stop)
-            converted = convert_graph(field, stats)
+            converted = convert_graph(field, stats) if stats.fp32 else field
             stats.touched["graph input/output/value_info: float16 -> float", "-"] += (
                 number in (GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO) and converted != field)
             out.append(converted)
@@ -259,9 +263,9 @@ async def _initializer(source, pos, end, write_data, location, stats) -> bytes:
         pos = stop
     head = b"".join(rest)
     if raw is None:  # small, or its values are not in raw_data: converted whole, kept inline
-        tensor, changed = convert_tensor(head)
+        tensor, changed = convert_tensor(head) if stats.fp32 else (head, False)
     else:
-        changed = any(n == TENSOR_DATA_TYPE and read_varint(head, v)[0] == FLOAT16
+        changed = stats.fp32 and any(n == TENSOR_DATA_TYPE and read_varint(head, v)[0] == FLOAT16
                       for n, w, _, v, _ in fields(head, 0, len(head)))
         if changed:
             head = _rewrite(head, {TENSOR_DATA_TYPE: lambda number, wire, value, field: _varint_field(number, FLOAT)})

@@ -9,6 +9,7 @@ import numpy as np
 from .tokenizer import load_clip_tokenizer
 
 LATENT_CHANNELS = 4
+DECODE_TILE = 512  # pixels: a tiled decode's tile, unless the manifest entry gives "decode_tile"
 
 
 def conditioning_output(entry, part, output_names):
@@ -91,11 +92,56 @@ class SDXLBundle:
         feeds = dict(conditioning, sample=inputs["sample"].coerce(sample), timestep=inputs["timestep"].coerce(timestep))
         return (await self.unet.run(feeds, ["out_sample"]))["out_sample"]
 
-    async def decode(self, latents):
-        """Float image [H, W, 3] in [0, 1]."""
-        feed = self.vae_decoder.inputs["latent_sample"].coerce(latents / np.float32(self.vae_scaling_factor))
-        sample = (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"].astype(np.float32)
+    async def decode(self, latents, tile=None):
+        """Float image [H, W, 3] in [0, 1]; decoded in overlapping tiles of `tile` pixels when the image is
+        larger than one (memory then peaks at one tile's activations, not the whole image's)."""
+        scaled = latents / np.float32(self.vae_scaling_factor)
+        if tile and max(scaled.shape[2:]) * self.vae_scale_factor > tile:
+            sample = await tiled(self._decode, scaled, tile // self.vae_scale_factor, self.vae_scale_factor)
+        else:
+            sample = await self._decode(scaled)
         return np.clip(sample[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
+
+    async def _decode(self, scaled):
+        feed = self.vae_decoder.inputs["latent_sample"].coerce(scaled)
+        return (await self.vae_decoder.run({"latent_sample": feed}, ["sample"]))["sample"].astype(np.float32)
+
+
+TILE_OVERLAP = 0.25  # as diffusers' AutoencoderKL tiling
+
+
+async def tiled(decode, z, tile, scale):
+    """`decode` (latents [1, C, h, w] -> pixels [1, 3, h*scale, w*scale]) over overlapping tiles of `tile`
+    latents, as diffusers' `AutoencoderKL.tiled_decode`: tiles start every tile * 0.75, each is blended into
+    its upper and left neighbours with a linear cross-fade over the overlap, then cut to the stride."""
+    stride = int(tile * (1 - TILE_OVERLAP))
+    blend = int(tile * scale * TILE_OVERLAP)
+    keep = tile * scale - blend
+    rows = [[await decode(z[:, :, i:i + tile, j:j + tile]) for j in range(0, z.shape[3], stride)]
+            for i in range(0, z.shape[2], stride)]
+    out = []
+    for i, row in enumerate(rows):
+        for j, t in enumerate(row):
+            if i > 0:
+                t = _blend(rows[i - 1][j], t, blend, axis=2)
+            if j > 0:
+                t = _blend(row[j - 1], t, blend, axis=3)
+            row[j] = t
+        out.append(np.concatenate([t[:, :, :keep, :keep] for t in row], axis=3))
+    return np.concatenate(out, axis=2)
+
+
+def _blend(before, tile, extent, axis):
+    """`tile` with its first `extent` rows (axis 2) or columns (axis 3) faded in from the end of `before`."""
+    extent = min(before.shape[axis], tile.shape[axis], extent)
+    weight = (np.arange(extent, dtype=np.float32) / extent).reshape((-1, 1) if axis == 2 else (1, -1))
+    tile = tile.copy()
+    head = [slice(None)] * 4
+    head[axis] = slice(0, extent)
+    tail = [slice(None)] * 4
+    tail[axis] = slice(before.shape[axis] - extent, before.shape[axis])
+    tile[tuple(head)] = before[tuple(tail)] * (1 - weight) + tile[tuple(head)] * weight
+    return tile
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

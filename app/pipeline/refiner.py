@@ -98,12 +98,14 @@ class SDXLRefiner(SDXLBundle):
         aesthetic_score=AESTHETIC_SCORE,
         negative_aesthetic_score=NEGATIVE_AESTHETIC_SCORE,
         resume=None,
+        decode_tile=None,
     ):
         """Refine the base run's final latents [1,4,h/8,w/8]; returns the float image [H, W, 3] in [0, 1].
 
         Runs the last `denoise_steps(steps, strength)` steps of a `steps`-step schedule.
         `on_step(i, x, denoised)` sees the latents after each refiner step i; `resume=(steps_done, x)`
-        continues from such a checkpoint and gives the same image as an unbroken run.
+        continues from such a checkpoint and gives the same image as an unbroken run; `decode_tile`
+        (pixels) decodes in tiles of that size.
         """
 
         base_latents = np.asarray(base_latents, dtype=np.float32)
@@ -129,4 +131,4 @@ class SDXLRefiner(SDXLBundle):
         await report(on_stage, "refine")
         x = await self.denoise(x, cond, schedule, uncond, guidance_scale, on_step, start)
         await report(on_stage, "decode")
-        return await self.decode(x)
+        return await self.decode(x, decode_tile)

@@ -60,11 +60,13 @@ class SDXLTurbo(SDXLBundle):
             x = x * np.float32(schedule.init_noise_sigma)
         return await sample_euler_ancestral(model, x, schedule.sigmas[start:], noises[start:], on_step)
 
-    async def generate(self, prompt, seed, steps, height, width, on_stage=None, on_step=None, resume=None):
+    async def generate(self, prompt, seed, steps, height, width, on_stage=None, on_step=None, resume=None,
+                       decode_tile=None):
         """The whole text-to-image run; returns the float image [H, W, 3] in [0, 1].
 
         `on_step(i, x, denoised)` sees the latents after each step i; `resume=(steps_done, x)`
-        continues a run from such a checkpoint and gives the same image as an unbroken run.
+        continues a run from such a checkpoint and gives the same image as an unbroken run;
+        `decode_tile` (pixels) decodes in tiles of that size.
         """
         await report(on_stage, "encode prompt")
         prompt_embeds, pooled = await self.encode_prompt(prompt)
@@ -78,5 +80,5 @@ class SDXLTurbo(SDXLBundle):
             latents, noises, prompt_embeds, pooled, self.time_ids(height, width), schedule, on_step, start
         )
         await report(on_stage, "decode")
-        return await self.decode(latents)
+        return await self.decode(latents, decode_tile)
 

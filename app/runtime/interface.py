@@ -6,8 +6,9 @@ A runtime is bound to one model bundle (a folder or a base URL) and gives:
   - `await session(path, free_dimensions=None)`: an inference session for an ONNX file of the bundle,
     its named free dimensions fixed where `free_dimensions` ({name: size}) says (names it lacks are ignored);
   - `release()`: frees every session it made.
-A session exposes `inputs` (name -> InputSpec) and `output_names`, and
-`await run(feeds, output_names) -> dict[str, np.ndarray]`.
+A session exposes `inputs` (name -> InputSpec) and `output_names`,
+`await run(feeds, output_names) -> dict[str, np.ndarray]`, and `release()` (frees it alone).
+`one_at_a_time.py` wraps any runtime so that at most one of its sessions holds memory at a time.
 
 Implementations: `runtime_ort.OrtRuntime` (CPython) and `runtime_web.WebRuntime` (Pyodide).
 """

@@ -19,6 +19,9 @@ class OrtSession:
         values = self._session.run(output_names, feeds)
         return dict(zip(output_names, values))
 
+    def release(self):
+        self._session = None
+
 
 class OrtRuntime:
     name = "onnxruntime"
@@ -41,8 +44,10 @@ class OrtRuntime:
         for name, value in (free_dimensions or {}).items():
             options.add_free_dimension_override_by_name(name, value)
         s = OrtSession(ort.InferenceSession(str(self.root / path), options, providers=self.providers))
-        self._sessions.append(s)
+        self._sessions = [x for x in self._sessions if x._session is not None] + [s]  # (low-memory mode releases some)
         return s
 
     def release(self):
+        for s in self._sessions:
+            s.release()
         self._sessions.clear()

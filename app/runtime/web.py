@@ -80,6 +80,11 @@ class WebSession:
             raise
         return {name: from_tensor(getattr(results, name)) for name in output_names}
 
+    def release(self):
+        if self._session is not None:
+            self._session.release()
+            self._session = None
+
 
 class WebRuntime:
     def __init__(self, files, execution_provider="webgpu", chunk_bytes=DEFAULT_CHUNK_BYTES):
@@ -144,7 +149,7 @@ class WebRuntime:
             data = Uint8Array.new(await self.files[path].arrayBuffer())
         s = WebSession(await ort.InferenceSession.create(data, _js(options)), self.fault)
         self._watch_device()
-        self._sessions.append(s)
+        self._sessions = [x for x in self._sessions if x._session is not None] + [s]  # (low-memory mode releases some)
         return s
 
     def _file(self, path, model_path):
@@ -154,5 +159,5 @@ class WebRuntime:
 
     def release(self):
         for s in self._sessions:
-            s._session.release()
+            s.release()
         self._sessions.clear()

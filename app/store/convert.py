@@ -1,5 +1,7 @@
-"""The install-time conversion of a variant with "convert" (q4: the q4f16 download made to compute in
-fp32, for GPUs without 16-bit shaders; app/onnx/fp32.py does the graph work).
+"""The install-time conversion of a variant with "convert": "fp32-activations" (q4: the q4f16 download
+made to compute in fp32, for GPUs without 16-bit shaders) or "external-data" (q4f16: each single-file
+graph split into a small graph and its weights, so that onnxruntime-web never copies a 2 GB graph into
+its wasm heap and the JSPI build can stream the weights to the GPU). app/onnx/fp32.py does the graph work.
 
 Each converted part lands at `{part}/model.onnx` with its weights in `{part}/model.onnx_data` (the
 layout the pipeline loads by default). Their bytes are hashed while they are written and stored under
@@ -13,7 +15,6 @@ from .download import Partial, storing
 from .layout import PARTIAL
 from .opfs import js_bytes, options, remove
 
-CONVERSIONS = ("fp32-activations",)
 
 
 def converted_paths(part: str) -> tuple[str, str]:
@@ -56,7 +57,8 @@ async def convert_bundle(folder, entry: dict, on_part) -> dict:
             async def write_data(raw, data=data):
                 await data.append(js_bytes(raw))
 
-            graph = await convert_model(read, int(file.size), write_data, data_path.rpartition("/")[2], Conversion())
+            graph = await convert_model(read, int(file.size), write_data, data_path.rpartition("/")[2],
+                                        Conversion(fp32=entry["convert"]["to"] == "fp32-activations"))
         except BaseException:
             data.close()
             raise

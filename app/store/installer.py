@@ -338,10 +338,12 @@ class Installer:
     async def _convert(self, model_id, folder):
         status = self.status[model_id]
 
+        doing = ("Converting {} for this GPU (32-bit math)…" if self.models[model_id]["convert"]["to"] == "fp32-activations"
+                 else "Preparing {} for loading (its weights into a file of their own)…")
+
         async def on_part(part):
             self._active(model_id)
-            status.update(state="converting", message=f"Converting {part} for this GPU (32-bit math)…", speed=0,
-                          eta_s=-1)
+            status.update(state="converting", message=doing.format(part), speed=0, eta_s=-1)
             await self.report()
 
         return await convert_bundle(folder, self.models[model_id], on_part)

@@ -18,6 +18,7 @@ hashing 13 GB on every visit would take longer than the generation.
 
 import json
 
+from .manifest import CONVERSIONS
 from .opfs import not_found, options, storage_failure
 
 FOLDER = "models"
@@ -68,7 +69,7 @@ def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
         names = ", ".join(f["path"] for f in missing)
         return "damaged", done, f"Damaged: {names} {'is' if len(missing) == 1 else 'are'} missing or corrupt. Install repairs it."
     if done == total and entry.get("convert"):
-        return "partial", done, "Downloaded, not yet converted for this GPU. Install converts it."
+        return "partial", done, "Downloaded, not yet converted for loading here. Install converts it."
     if done:
         return "partial", done, f"Paused at {100 * done / total:.0f}%. Install resumes it."
     return "not-installed", 0, ""
@@ -131,13 +132,15 @@ def page_row(model_id: str, entry: dict, status: dict) -> dict:
             "style": entry.get("style", ""), "license": entry.get("license", ""), "variant": entry.get("variant") or "",
             "variant_reason": entry.get("variant_reason", ""), "needs": entry.get("needs", ""),
             "hashes": hash_origin(entry["files"]), "convert_mb": convert_reserve(entry) / 1e6,
+            "convert_to": entry.get("convert", {}).get("to", ""),
             "kept_mb": status.get("kept", 0) / 1e6}
 
 
 def convert_reserve(entry: dict) -> int:
-    """At most what a variant's converted files take (convert.py): every float16 byte doubles."""
-    sources = set(entry.get("convert", {}).get("from", {}).values())
-    return 2 * sum(f["size"] for f in entry["files"] if f["path"] in sources)
+    """At most what a variant's converted files take (convert.py)."""
+    convert = entry.get("convert", {})
+    sources = set(convert.get("from", {}).values())
+    return CONVERSIONS.get(convert.get("to"), 0) * sum(f["size"] for f in entry["files"] if f["path"] in sources)
 
 
 def hash_origin(files: list) -> str:

@@ -9,6 +9,10 @@ import hashlib
 import json
 import re
 
+# A variant's install-time conversions (app/store/convert.py), each with the most bytes it writes per byte
+# it converts: fp32 activations double every float16; a split only moves the weights out of the graph.
+CONVERSIONS = {"fp32-activations": 2, "external-data": 1}
+
 SCHEMA = 1
 PIPELINES = ("sdxl-turbo", "sdxl-refiner")
 PRECISIONS = ("fp32", "fp16", "q4f16", "q4")
@@ -112,9 +116,10 @@ def _layout_problems(v) -> list[str]:
     convert = v.get("convert")
     if convert is not None:
         sources = convert.get("from") if isinstance(convert, dict) else None
-        if not (isinstance(convert, dict) and convert.get("to") == "fp32-activations" and isinstance(sources, dict)
+        if not (isinstance(convert, dict) and convert.get("to") in CONVERSIONS and isinstance(sources, dict)
                 and sources and all(k in PARTS and p in paths for k, p in sources.items())):
-            out.append('"convert" must be {"from": {part: one of the files}, "to": "fp32-activations"}.')
+            out.append('"convert" must be {"from": {part: one of the files}, "to": "fp32-activations" or '
+                       '"external-data"}.')
         elif "parts" in v:
             out.append('a converted variant loads its parts from where the conversion puts them: no "parts".')
         else:
@@ -149,6 +154,8 @@ def _variant_problems(v) -> list[tuple[str, str]]:
         chunk = v["external_data_chunk_bytes"]
         if not (_is_int(chunk) and chunk > 0):
             out.append((label, '"external_data_chunk_bytes" must be a positive whole number of bytes.'))
+    if "decode_tile" in v and not (_is_int(v["decode_tile"]) and v["decode_tile"] >= 16 and v["decode_tile"] % 8 == 0):
+        out.append((label, '"decode_tile" must be a whole number of pixels, a multiple of 8, at least 16.'))
     out.extend((label, problem) for problem in _layout_problems(v))
     files = v.get("files")
     if "files" in v and not (isinstance(files, list) and files):

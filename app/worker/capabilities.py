@@ -1,10 +1,11 @@
-"""What the browser offers: WebGPU or not, the adapter, shader-f16 and the buffer limits."""
+"""What the browser offers: WebGPU or not, the adapter, shader-f16, the buffer limits, and which
+onnxruntime-web build static/worker.mjs loaded ("jspi" where the browser has JSPI, else "asyncify")."""
 
 import js
 
 
 async def capabilities() -> dict:
-    caps = {"webgpu": False, "adapter": False, "backend": "wasm"}
+    caps = {"webgpu": False, "adapter": False, "backend": "wasm", "ort_build": str(js.lanternOrtBuild)}
     gpu = getattr(js.navigator, "gpu", None)
     if gpu is None:
         caps["reason"] = "This browser does not offer WebGPU."

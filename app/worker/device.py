@@ -6,7 +6,7 @@ entries), so they are tested on CPython with made-up devices.
 
 from dataclasses import dataclass
 
-from ..store.manifest import PARTS
+from ..store.manifest import CONVERSIONS, PARTS
 
 # Tier thresholds on the bench's median UNet step time (bench.py), in ms. The bench model is
 # tiny, so its step time is dominated by per-kernel dispatch cost: discrete GPUs do it in a few
@@ -49,6 +49,28 @@ def default_resolution(entry: dict, tier: str) -> tuple[int, int]:
     by_area = sorted((tuple(r) for r in entry["resolutions"]), key=lambda r: r[0] * r[1])
     fitting = [r for r in by_area if max(r) <= PRESETS[tier].side]
     return fitting[-1] if fitting else by_area[0]
+
+
+# What to try after the GPU ran out of memory, one step at a time (the page's "memory" choice): decode in
+# tiles; then also create, run and release each part in turn (at once when it failed while loading, where
+# tiles cannot help); then a smaller size.
+NEXT_MEMORY = {"": "tiles", "tiles": "parts+tiles", "parts": "parts+tiles"}
+MEMORY_WORDS = {"tiles": "decoding in tiles", "parts+tiles": "loading one part at a time and decoding in tiles",
+                "parts": "loading one part at a time"}
+
+
+def next_memory(memory: str, while_loading: bool) -> str | None:
+    """The next memory choice to retry with after an out-of-memory, or None when only a smaller size is left."""
+    if while_loading:
+        return None if "parts" in memory else "parts+tiles" if "tiles" in memory else "parts"
+    return NEXT_MEMORY.get(memory)
+
+
+def memory_preset(caps: dict, tier: str) -> str:
+    """The memory choice a device starts with: one part at a time where the GPU is slow and small (its
+    largest buffer at most 256 MiB: phones, small integrated GPUs); WebGPU tells nothing of its memory size."""
+    small = 0 < int(caps.get("max_buffer_size") or 0) <= 256 * 2**20
+    return "parts" if small and tier == "slow" else ""
 
 
 def lower_resolution(entry: dict, height: int, width: int) -> tuple[int, int] | None:
@@ -102,10 +124,10 @@ def pick_variant(entry: dict, caps: dict) -> dict:
     if chosen is not merged[0]:
         chosen = dict(chosen, variant_reason=f"{merged[0]['variant']} needs {missing(merged[0], caps)}, which this "
                                              f"device lacks, so the {chosen['variant']} variant is used here.")
-    return dict(chosen, needs=needs_text(chosen))
+    return dict(chosen, needs=needs_text(chosen, caps))
 
 
-def needs_text(entry: dict) -> str:
+def needs_text(entry: dict, caps: dict) -> str:
     """What a variant asks of the device, in a few words for the Models panel."""
     needs = entry.get("requires", {})
     if not needs.get("webgpu", True):
@@ -116,7 +138,10 @@ def needs_text(entry: dict) -> str:
     if entry.get("gpu_memory_bytes"):
         parts.append(f"about {entry['gpu_memory_bytes'] / 1e9:.0f} GB of GPU memory")
     part, size = largest_part(entry)
-    if size >= 1e9:  # onnxruntime-web reads a model's weights whole before it builds the session
+    # onnxruntime-web's asyncify build reads a model's weights whole before it builds the session; the JSPI
+    # build streams them from storage to the GPU (a 1.9 GB model: 579 MiB peak in the tab,
+    # measured in Chromium 156).
+    if size >= 1e9 and caps.get("ort_build") != "jspi":
         bound = "up to" if part in entry.get("convert", {}).get("from", {}) else "about"
         parts.append(f"{bound} {size / 1e9:.1f} GB of free memory in the tab to load its {part}")
     return "Needs " + ", ".join(parts)
@@ -127,10 +152,11 @@ def largest_part(entry: dict) -> tuple[str, int]:
     converted variant, the most its converted files can take."""
     sizes = {f["path"]: f["size"] for f in entry.get("files", [])}
     convert = entry.get("convert", {}).get("from", {})
+    growth = CONVERSIONS.get(entry.get("convert", {}).get("to"), 1)
     loads = {}
     for part in PARTS:
         if part in convert:
-            loads[part] = 2 * sizes.get(convert[part], 0)
+            loads[part] = growth * sizes.get(convert[part], 0)
             continue
         graph = entry.get("parts", {}).get(part, f"{part}/model.onnx")
         folder = graph.rpartition("/")[0]

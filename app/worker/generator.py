@@ -8,19 +8,21 @@ import js
 import numpy as np
 
 from .. import __version__
-from ..pipeline.bundle import to_uint8
+from ..pipeline.bundle import DECODE_TILE, to_uint8
 from ..pipeline.refiner import SDXLRefiner
 from ..pipeline.turbo import SDXLTurbo
+from ..runtime.one_at_a_time import OneAtATime
 from ..runtime.web import DEFAULT_CHUNK_BYTES, DeviceLost, GpuOutOfMemory, WebRuntime
 from ..store import gallery
 from ..store.locks import BENCH_LOCK, held
 from ..store.manifest import bundle_sha256
 from ..store.png import encode_png
 from .bench import bench
-from .device import PRESETS, default_resolution, fault_kind, lower_resolution, unsuitable
+from .device import (MEMORY_WORDS, PRESETS, default_resolution, fault_kind, lower_resolution, memory_preset, next_memory,
+                     unsuitable)
 from .jobs import JobQueue
 from .messages import bytes_buffer, filename, image_bitmap, post
-from .params import InputError, parse_preview_every, parse_request
+from .params import InputError, parse_memory, parse_preview_every, parse_request
 from .progress import Progress
 
 
@@ -38,7 +40,8 @@ class Generator:
         self.caps = caps
         self.installer = installer
         self.queue = JobQueue(self.report_failure)
-        self.loaded = None  # (model id, SDXLTurbo or SDXLRefiner): one model at a time
+        self.loaded = None  # (model id, SDXLTurbo or SDXLRefiner, one part at a time?): one model at a time
+        self.progress = None  # the running job's Progress (where it stands when it fails)
 
     def unload(self):
         """Release the loaded model's sessions and GPU buffers."""
@@ -52,18 +55,19 @@ class Generator:
                 self.unload()
             await self.installer.delete(model_id)
 
-    async def pipeline(self, model_id, on_stage):
-        if self.loaded and self.loaded[0] == model_id:
+    async def pipeline(self, model_id, on_stage, one_part_at_a_time=False):
+        if self.loaded and self.loaded[0] == model_id and self.loaded[2] == one_part_at_a_time:
             return self.loaded[1]
-        if self.loaded:  # one model at a time: release the previous one first
+        if self.loaded:  # one model at a time: release the previous one (or its other memory mode) first
             self.unload()
         entry = self.models[model_id]
         files = await self.installer.files_for_loading(model_id)
         runtime = WebRuntime(files, self.caps["backend"], entry.get("external_data_chunk_bytes", DEFAULT_CHUNK_BYTES))
         kind = SDXLRefiner if entry.get("pipeline") == "sdxl-refiner" else SDXLTurbo
         log_models("load", model_id)
-        self.loaded = (model_id, await kind.load(runtime, entry, on_stage))
-        return self.loaded[1]
+        pipe = await kind.load(OneAtATime(runtime) if one_part_at_a_time else runtime, entry, on_stage)
+        self.loaded = (model_id, pipe, one_part_at_a_time)
+        return pipe
 
     def refiner_for(self, model_id):
         return next((m for m, e in self.models.items() if model_id in e.get("refines", [])), None)
@@ -79,11 +83,17 @@ class Generator:
         elif kind == "oom" and params:
             message["message"] = ("The GPU ran out of memory. Try a lower resolution, fewer steps or fewer previews, "
                                   "or close other tabs that use the GPU.")
+            loading = bool(self.progress and self.progress.job_id == job_id and self.progress.stage.startswith("load"))
+            memory = next_memory(str(params.get("memory") or ""), loading)
             try:
                 request = parse_request(params, self.models)
                 lower = lower_resolution(self.models[request.model], request.height, request.width)
-                if lower:
+                if memory:  # first the ways to use less memory for the same picture, then a smaller one
+                    message["retry"] = dict(params, memory=memory)
+                    message["retry_label"] = f"Retry, {MEMORY_WORDS[memory]}"
+                elif lower:
                     message["retry"] = dict(params, resolution=f"{lower[0]}x{lower[1]}", steps=str(min(request.steps, 2)))
+                    message["retry_label"] = f"Retry at {lower[0]}x{lower[1]}, {min(request.steps, 2)} steps"
             except InputError:
                 pass
         else:
@@ -101,15 +111,17 @@ class Generator:
         request = self.checked_request(raw)
         if self.models[request.model].get("pipeline") == "sdxl-refiner":
             raise InputError(f"{self.models[request.model]['name']} refines images; choose a base model to generate.", "model")
+        tiles, parts = parse_memory(raw)
         started = time.perf_counter()
-        progress = Progress(job_id, self.queue, request.steps, "denoise", parse_preview_every(raw))
+        progress = self.progress = Progress(job_id, self.queue, request.steps, "denoise", parse_preview_every(raw))
         await progress.on_stage("load")
-        pipe = progress.pipe = await self.pipeline(request.model, progress.on_stage)
+        pipe = progress.pipe = await self.pipeline(request.model, progress.on_stage, parts)
         if resume:
             latents = np.asarray(resume["latents"], np.float32).reshape(pipe.latent_shape(request.height, request.width))
             resume = (int(resume["step"]), latents)
         image = await pipe.generate(request.prompt, request.seed, request.steps, request.height, request.width,
-                                    on_stage=progress.on_stage, on_step=progress.on_step, resume=resume)
+                                    on_stage=progress.on_stage, on_step=progress.on_step, resume=resume,
+                                    decode_tile=self.decode_tile(request.model) if tiles else None)
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           app_version=__version__)
         await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
@@ -122,21 +134,26 @@ class Generator:
             raise InputError(f"There is no refiner for {self.models[request.model]['name']}.")
         entry = self.models[refiner_id]
         strength, steps = float(entry["defaults"]["strength"]), int(entry["defaults"]["steps"])
+        tiles, parts = parse_memory(raw)
         started = time.perf_counter()
         shape = (1, 4, request.height // 8, request.width // 8)
         base = np.asarray(base_latents, np.float32).reshape(shape)
-        progress = Progress(job_id, self.queue, steps, "refine", parse_preview_every(raw))
+        progress = self.progress = Progress(job_id, self.queue, steps, "refine", parse_preview_every(raw))
         await progress.on_stage("load")
-        pipe = progress.pipe = await self.pipeline(refiner_id, progress.on_stage)  # releases the base model first
+        pipe = progress.pipe = await self.pipeline(refiner_id, progress.on_stage, parts)  # releases the base model first
         progress.steps = pipe.denoise_steps(steps, strength)
         if resume:
             resume = (int(resume["step"]), np.asarray(resume["latents"], np.float32).reshape(shape))
         image = await pipe.refine(request.prompt, request.seed, base, strength, steps, on_stage=progress.on_stage,
-                                  on_step=progress.on_step, resume=resume)
+                                  on_step=progress.on_step, resume=resume,
+                                  decode_tile=self.decode_tile(refiner_id) if tiles else None)
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           refiner=refiner_id, refiner_sha256=bundle_sha256(entry), refiner_strength=strength,
                           refiner_steps=steps, app_version=__version__)
         await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
+
+    def decode_tile(self, model_id) -> int:
+        return int(self.models[model_id].get("decode_tile", DECODE_TILE))
 
     async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw):
         """The finished image: pixels first as an ImageBitmap, then the PNG (slow to encode when large)."""
@@ -170,7 +187,7 @@ class Generator:
         tier = result["tier"]
         result["presets"] = {
             m: {"resolution": "{}x{}".format(*default_resolution(e, tier)), "steps": PRESETS[tier].steps,
-                "preview_every": PRESETS[tier].preview_every}
+                "preview_every": PRESETS[tier].preview_every, "memory": memory_preset(self.caps, tier)}
             for m, e in self.models.items()
         }
         post(dict(result, type="bench", id=job_id))

@@ -83,3 +83,14 @@ def parse_preview_every(raw: dict) -> int:
     if not 0 <= every <= MAX_STEPS:
         raise InputError(f"Preview every must be between 0 (no previews) and {MAX_STEPS} steps.", "preview-every")
     return every
+
+
+MEMORY_MODES = {"": (False, False), "tiles": (True, False), "parts": (False, True), "parts+tiles": (True, True)}
+
+
+def parse_memory(raw: dict) -> tuple[bool, bool]:
+    """(decode in tiles, load one part at a time) from the page's "memory" choice ("" = neither)."""
+    value = str(raw.get("memory") or "")
+    if value not in MEMORY_MODES:
+        raise InputError(f"Memory use must be one of the listed choices, not {value!r}.", "memory")
+    return MEMORY_MODES[value]

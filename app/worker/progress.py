@@ -32,9 +32,11 @@ class Progress:
         self.preview_every = preview_every
         self.pipe = None
         self.preview_ms = 0.0
+        self.stage = ""
 
     async def on_stage(self, stage, step=0):
         self.queue.check(self.job_id)
+        self.stage = stage  # where a failure happened (an out-of-memory while loading is retried differently)
         post({"type": "progress", "id": self.job_id, "stage": stage, "step": step, "steps": self.steps,
               "fraction": stage_fraction(stage, step, self.steps)})
         await asyncio.sleep(0)
