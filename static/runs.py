@@ -212,7 +212,7 @@ def on_error(msg):
     needs_install["model"] = params["model"] if params and " is not installed." in msg.message else None
     finish(msg.id, "Stopped.")
     if msg.kind == "oom":
-        offered = msg.retry
+        offered = getattr(msg, "retry", None)  # none when nothing smaller is left
         if offered:
             set_retry({"prompt": offered.prompt, "seed": offered.seed, "steps": offered.steps,
                        "resolution": offered.resolution, "model": offered.model, "memory": offered.memory or ""},

@@ -173,8 +173,8 @@ def tiny_by_default(context):
     """Pages of `context` start on the tiny test model, as if the visitor had chosen it on an earlier visit
     (a fresh visit starts on the first listed model this device can run: SDXL-Turbo, which the tests
     cannot download)."""
-    context.add_init_script("localStorage.getItem('lantern.model') || localStorage.setItem('lantern.model', "
-                            "'tiny-sdxl-turbo')")
+    context.add_init_script("location.protocol.startsWith('http') && (localStorage.getItem('lantern.model') || "
+                            "localStorage.setItem('lantern.model', 'tiny-sdxl-turbo'))")  # about:blank has none
     return context
 
 

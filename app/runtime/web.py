@@ -56,9 +56,10 @@ class GpuOutOfMemory(MemoryError):
 
 
 class WebSession:
-    def __init__(self, session, fault):
+    def __init__(self, session, fault, on_release):
         self._session = session
         self._fault = fault
+        self._on_release = on_release  # the runtime's: it stops watching a device no session uses
         self.inputs = {m.name: input_spec(m.type, m.shape.to_py()) for m in session.inputMetadata}
         self.output_names = list(session.outputNames.to_py())
 
@@ -84,6 +85,7 @@ class WebSession:
         if self._session is not None:
             self._session.release()
             self._session = None
+            self._on_release()
 
 
 class WebRuntime:
@@ -94,7 +96,8 @@ class WebRuntime:
         self.name = f"onnxruntime-web/{execution_provider}"
         self.execution_provider = execution_provider
         self._sessions = []
-        self._watched = False
+        self._watched = None  # the GPUDevice whose loss and out-of-memory errors fail a run
+        self._watches = 0
         # Resolves with DeviceLost or GpuOutOfMemory when the GPU fails under a run.
         self.fault = asyncio.get_event_loop().create_future()
 
@@ -109,12 +112,14 @@ class WebRuntime:
         scope it arrives as the device's uncapturederror event. Loss arrives through `device.lost`.
         """
         device = ort.env.webgpu.device if self.execution_provider == "webgpu" else None
-        if device is None or self._watched:
+        if device is None or self._watched is not None:
             return
-        self._watched = True
+        self._watched = device
+        watch = self._watches = self._watches + 1
 
         def on_lost(info):
-            self._fail(DeviceLost(f"GPU device lost ({info.reason}): {info.message}"))
+            if watch == self._watches:  # not a device this runtime let go of (see _unwatch_device)
+                self._fail(DeviceLost(f"GPU device lost ({info.reason}): {info.message}"))
 
         def on_error(event):
             if event.error.constructor.name == "GPUOutOfMemoryError":
@@ -123,6 +128,16 @@ class WebRuntime:
         device.lost.then(create_once_callable(on_lost))
         self._error_listener = create_proxy(on_error)
         device.addEventListener("uncapturederror", self._error_listener)
+
+    def _unwatch_device(self):
+        """onnxruntime-web may destroy its device with the last session released (low-memory mode releases
+        every part in turn): that is no loss. The next session's device is watched afresh."""
+        if self._watched is None:
+            return
+        self._watched.removeEventListener("uncapturederror", self._error_listener)
+        self._error_listener.destroy()
+        self._watched = None
+        self._watches += 1
 
     async def read_json(self, path):
         return json.loads(await self.files[path].text())
@@ -147,10 +162,14 @@ class WebRuntime:
             data.assign(model)
         else:
             data = Uint8Array.new(await self.files[path].arrayBuffer())
-        s = WebSession(await ort.InferenceSession.create(data, _js(options)), self.fault)
+        s = WebSession(await ort.InferenceSession.create(data, _js(options)), self.fault, self._released)
         self._watch_device()
         self._sessions = [x for x in self._sessions if x._session is not None] + [s]  # (low-memory mode releases some)
         return s
+
+    def _released(self):
+        if all(x._session is None for x in self._sessions):
+            self._unwatch_device()
 
     def _file(self, path, model_path):
         if path not in self.files:

@@ -80,5 +80,9 @@ class Hasher:
         return self._digest
 
     def close(self):
+        # Events the thread posted before it ends may still be dispatched: detach first, so that none
+        # reaches the destroyed proxy (an uncaught "Object has already been destroyed").
+        self._worker.onmessage = None
+        self._worker.onerror = None
         self._worker.terminate()
         self._proxy.destroy()
