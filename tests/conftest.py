@@ -98,7 +98,7 @@ def browser(browser):
 
     def watched_context(*args, **kwargs):
         context = new_context(*args, **kwargs)
-        context.on("page", lambda page: page.on("pageerror", lambda e: UNCAUGHT.append(f"{page.url}: {e}")))
+        context.on("page", lambda page: page.on("pageerror", lambda e: UNCAUGHT.append(f"{page.url}: {e.stack or e}")))
         return context
 
     browser.new_context = watched_context

@@ -86,7 +86,7 @@ def with_copy(route):
 
 def test_first_run_offers_the_chosen_models_install_in_one_click_and_stale_messages_go(browser, server):
     context = browser.new_context(service_workers="block")
-    context.add_init_script(f"localStorage.setItem('lantern.model', '{COPY}')")
+    context.add_init_script(f"location.protocol.startsWith('http') && localStorage.setItem('lantern.model', '{COPY}')")
     context.route("**/models_manifest.json", with_copy)
     try:
         page = context.new_page()

@@ -81,8 +81,21 @@ class Hasher:
 
     def close(self):
         # Events the thread posted before it ends may still be dispatched: detach first, so that none
-        # reaches the destroyed proxy (an uncaught "Object has already been destroyed").
+        # reaches the destroyed proxy (an uncaught "Object has already been destroyed"); a thread ended while
+        # its script still loads reports that as an error, which would otherwise go uncaught.
         self._worker.onmessage = None
-        self._worker.onerror = None
+        self._worker.onerror = _ignore_errors()
         self._worker.terminate()
         self._proxy.destroy()
+
+
+_ignored = []
+
+
+def _ignore_errors():
+    """One handler, made once, for the errors of threads that were ended."""
+    if not _ignored:
+        from pyodide.ffi import create_proxy
+
+        _ignored.append(create_proxy(lambda event: event.preventDefault()))
+    return _ignored[0]
