@@ -93,7 +93,8 @@ class Generator:
                     message["retry_label"] = f"Retry, {MEMORY_WORDS[memory]}"
                 elif lower:
                     message["retry"] = dict(params, resolution=f"{lower[0]}x{lower[1]}", steps=str(min(request.steps, 2)))
-                    message["retry_label"] = f"Retry at {lower[0]}x{lower[1]}, {min(request.steps, 2)} steps"
+                    steps = min(request.steps, 2)
+                    message["retry_label"] = f"Retry at {lower[0]}x{lower[1]}, {steps} step{'s' if steps > 1 else ''}"
             except InputError:
                 pass
         else:
