@@ -6,6 +6,7 @@ own, hashing overlaps them (~150 MB/s on 2 cores; the ceiling is the hash alone,
 """
 
 import asyncio
+import functools
 
 from .opfs import options
 
@@ -89,13 +90,9 @@ class Hasher:
         self._proxy.destroy()
 
 
-_ignored = []
-
-
+@functools.cache
 def _ignore_errors():
     """One handler, made once, for the errors of threads that were ended."""
-    if not _ignored:
-        from pyodide.ffi import create_proxy
+    from pyodide.ffi import create_proxy
 
-        _ignored.append(create_proxy(lambda event: event.preventDefault()))
-    return _ignored[0]
+    return create_proxy(lambda event: event.preventDefault())

@@ -338,7 +338,8 @@ class Installer:
     async def _convert(self, model_id, folder):
         status = self.status[model_id]
 
-        doing = ("Converting {} for this GPU (32-bit math)…" if self.models[model_id]["convert"]["to"] == "fp32-activations"
+        fp32 = self.models[model_id]["convert"]["to"] == "fp32-activations"
+        doing = ("Converting {} for this GPU (32-bit math)…" if fp32
                  else "Preparing {} for loading (its weights into a file of their own)…")
 
         async def on_part(part):

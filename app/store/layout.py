@@ -18,7 +18,7 @@ hashing 13 GB on every visit would take longer than the generation.
 
 import json
 
-from .manifest import CONVERSIONS
+from .manifest import conversion_growth
 from .opfs import not_found, options, storage_failure
 
 FOLDER = "models"
@@ -138,9 +138,8 @@ def page_row(model_id: str, entry: dict, status: dict) -> dict:
 
 def convert_reserve(entry: dict) -> int:
     """At most what a variant's converted files take (convert.py)."""
-    convert = entry.get("convert", {})
-    sources = set(convert.get("from", {}).values())
-    return CONVERSIONS.get(convert.get("to"), 0) * sum(f["size"] for f in entry["files"] if f["path"] in sources)
+    sources = set(entry.get("convert", {}).get("from", {}).values())
+    return conversion_growth(entry) * sum(f["size"] for f in entry["files"] if f["path"] in sources)
 
 
 def hash_origin(files: list) -> str:

@@ -13,6 +13,11 @@ import re
 # it converts: fp32 activations double every float16; a split only moves the weights out of the graph.
 CONVERSIONS = {"fp32-activations": 2, "external-data": 1}
 
+
+def conversion_growth(entry: dict) -> int:
+    """The most bytes a variant's conversion writes per byte it converts (0 when it converts nothing)."""
+    return CONVERSIONS.get(entry.get("convert", {}).get("to"), 0)
+
 SCHEMA = 1
 PIPELINES = ("sdxl-turbo", "sdxl-refiner")
 PRECISIONS = ("fp32", "fp16", "q4f16", "q4")

@@ -6,7 +6,7 @@ entries), so they are tested on CPython with made-up devices.
 
 from dataclasses import dataclass
 
-from ..store.manifest import CONVERSIONS, PARTS
+from ..store.manifest import PARTS, conversion_growth
 
 # Tier thresholds on the bench's median UNet step time (bench.py), in ms. The bench model is
 # tiny, so its step time is dominated by per-kernel dispatch cost: discrete GPUs do it in a few
@@ -152,7 +152,7 @@ def largest_part(entry: dict) -> tuple[str, int]:
     converted variant, the most its converted files can take."""
     sizes = {f["path"]: f["size"] for f in entry.get("files", [])}
     convert = entry.get("convert", {}).get("from", {})
-    growth = CONVERSIONS.get(entry.get("convert", {}).get("to"), 1)
+    growth = conversion_growth(entry)
     loads = {}
     for part in PARTS:
         if part in convert:

@@ -122,7 +122,7 @@ class Generator:
             resume = (int(resume["step"]), latents)
         image = await pipe.generate(request.prompt, request.seed, request.steps, request.height, request.width,
                                     on_stage=progress.on_stage, on_step=progress.on_step, resume=resume,
-                                    decode_tile=self.decode_tile(request.model) if tiles else None)
+                                    decode_tile=self.decode_tile(request.model, tiles))
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           app_version=__version__)
         await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
@@ -147,14 +147,15 @@ class Generator:
             resume = (int(resume["step"]), np.asarray(resume["latents"], np.float32).reshape(shape))
         image = await pipe.refine(request.prompt, request.seed, base, strength, steps, on_stage=progress.on_stage,
                                   on_step=progress.on_step, resume=resume,
-                                  decode_tile=self.decode_tile(refiner_id) if tiles else None)
+                                  decode_tile=self.decode_tile(refiner_id, tiles))
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           refiner=refiner_id, refiner_sha256=bundle_sha256(entry), refiner_strength=strength,
                           refiner_steps=steps, app_version=__version__)
         await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
 
-    def decode_tile(self, model_id) -> int:
-        return int(self.models[model_id].get("decode_tile", DECODE_TILE))
+    def decode_tile(self, model_id, tiles: bool) -> int | None:
+        """The tile (pixels) a run of this model decodes with, or None for a whole decode."""
+        return int(self.models[model_id].get("decode_tile", DECODE_TILE)) if tiles else None
 
     async def deliver(self, job_id, image, parameters, request, started, preview_ms, raw):
         """The finished image: pixels first as an ImageBitmap, then the PNG (slow to encode when large)."""
