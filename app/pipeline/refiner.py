@@ -61,20 +61,12 @@ class SDXLRefiner(SDXLBundle):
 
         cond / uncond: (prompt_embeds, text_embeds, time_ids); uncond only with guidance_scale > 1.
         """
-        guided = guidance_scale > 1.0
-        parts = zip(uncond, cond) if guided else ((c,) for c in cond)
-        embeds, pooled, time_ids = (np.concatenate(p, axis=0) for p in parts)
-        conditioning = self.unet_conditioning(embeds, pooled, time_ids)
+        conditioning = self.unet_conditioning(*cond, uncond=uncond if guidance_scale > 1.0 else None)
 
         async def model(x, i):
             sigma = float(schedule.sigmas[start + i])
-            x_in = scale_model_input(x, sigma)
-            if guided:
-                x_in = np.concatenate([x_in, x_in], axis=0)
-            eps = await self.predict_noise(conditioning, x_in, schedule.timesteps[start + i])
-            if guided:
-                eps_uncond, eps_cond = eps[:1], eps[1:]
-                eps = eps_uncond + np.float32(guidance_scale) * (eps_cond - eps_uncond)
+            eps = await self.predict_noise(conditioning, scale_model_input(x, sigma), schedule.timesteps[start + i],
+                                           guidance_scale)
             return x - np.float32(sigma) * eps
 
         async def on_step(i, x, denoised):

@@ -17,11 +17,12 @@ async def bench(pipe, runs: int = 3, on_run=None) -> dict:
     embeds, pooled = await pipe.encode_prompt("benchmark")
     latents, noises = pipe.prepare_latents(0, height, width, 1)
     schedule = make_schedule(1, pipe.schedule_config)
-    time_ids = pipe.time_ids(height, width)
+    cond = (embeds, pooled, pipe.time_ids(height, width))
+    latents = latents * schedule.init_noise_sigma
     times = []
     for i in range(runs + 1):
         t0 = time.perf_counter()
-        await pipe.denoise(latents, noises, embeds, pooled, time_ids, schedule)
+        await pipe.denoise(latents, noises, cond, schedule)
         if i:  # the first run is the warm-up
             times.append((time.perf_counter() - t0) * 1000)
         if on_run:
