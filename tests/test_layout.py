@@ -22,7 +22,8 @@ ROOMS = {
     "app.onnx": ({"app.onnx"}, {"numpy"}),
     "app.runtime": ({"app.runtime", "app.onnx"}, {"numpy", "onnxruntime", "tokenizers", "js", "pyodide", "ort", "hf_tokenizers", "lantern_js"}),
     "app.store": ({"app.store", "app.onnx"}, {"numpy", "PIL", "js", "pyodide"}),
-    "app.worker": ({"app", "app.pipeline", "app.runtime", "app.store", "app.worker"}, {"numpy", "js", "pyodide", "_pyodide"}),
+    "app.worker": ({"app", "app.pipeline", "app.runtime", "app.store", "app.worker"}, {"numpy", "PIL", "js", "pyodide",
+                                                                                    "_pyodide"}),
 }
 PAGE_MODULES = {p.stem for p in (ROOT / "static").glob("*.py")}
 

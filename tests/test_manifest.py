@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from app.worker.device import pick_variant
-from app.store.manifest import (FILE_REQUIRED_FIELDS, REQUIRED_FIELDS, VARIANT_REQUIRED_FIELDS, ManifestError,
-                          bundle_sha256, load_manifest, model_problems)
+from app.store.manifest import (ADDON_FIELDS, FILE_REQUIRED_FIELDS, MODEL_FIELDS, REQUIRED_FIELDS,
+                                VARIANT_REQUIRED_FIELDS, ManifestError, bundle_sha256, load_manifest, model_problems)
 from conftest import ROOT
 
 MANIFEST_DIR = ROOT / "models_manifest"
@@ -21,7 +21,7 @@ sys.path.insert(0, str(MANIFEST_DIR))
 import build  # noqa: E402
 import refresh  # noqa: E402
 
-TINY = ("tiny-sdxl-turbo", "tiny-sdxl-refiner")
+TINY = ("tiny-sdxl-turbo", "tiny-sdxl-refiner", "tiny-sdxl-turbo-vae-encoder")
 REVISION = "fbda35297a8280789ffe2e25206800702fa5c4c1"
 
 
@@ -170,7 +170,8 @@ def test_every_committed_entry_is_complete():
         entry = json.loads(path.read_text())
         assert path.stem == entry["id"]
         assert model_problems(entry) == [], path.name
-    assert {p.stem for p in paths} == {"sdxl-turbo", *TINY}  # no real refiner small enough for a browser exists
+    # no real refiner small enough for a browser exists
+    assert {p.stem for p in paths} == {"sdxl-turbo", "sdxl-turbo-vae-encoder", *TINY}
 
 
 def test_sdxl_turbo_offers_q4f16_then_fp32_with_exact_sizes_and_the_hashes_known():
@@ -284,9 +285,11 @@ def test_schema_lists_the_same_required_fields():
     schema = json.loads((MANIFEST_DIR / "schema.json").read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["required"] == list(REQUIRED_FIELDS)
+    addon, model = schema["allOf"][1]["then"], schema["allOf"][1]["else"]
+    assert addon["required"] == list(ADDON_FIELDS) and model["required"] == list(MODEL_FIELDS)
     assert schema["$defs"]["variant"]["required"] == list(VARIANT_REQUIRED_FIELDS)
     assert schema["$defs"]["file"]["required"] == list(FILE_REQUIRED_FIELDS)
-    assert set(REQUIRED_FIELDS) <= set(schema["properties"])
+    assert set(REQUIRED_FIELDS + MODEL_FIELDS + ADDON_FIELDS) <= set(schema["properties"])
 
 
 def test_build_leaves_out_an_invalid_entry_with_a_warning(tmp_path, capsys, good):
@@ -401,3 +404,33 @@ def test_refresh_names_a_file_the_repository_lacks(tmp_path, hub, good, capsys):
     assert refresh.main(["--endpoint", hub, str(path)]) == 1
     assert "has no file unet/missing.onnx" in capsys.readouterr().err
     assert path.read_text() == before
+
+
+def test_sdxl_turbo_image_to_image_add_on_is_the_official_encoder_cut_at_install():
+    entry = entry_file("sdxl-turbo-vae-encoder")
+    assert entry["pipeline"] == "vae-encoder" and entry["encodes_for"] == ["sdxl-turbo"]
+    (variant,) = entry["variants"]
+    (f,) = variant["files"]
+    assert f["url"] == ("https://huggingface.co/stabilityai/sdxl-turbo/resolve/fbda35297a8280789ffe2e25206800702fa5c4c1"
+                        "/vae_encoder/model.onnx")
+    assert (f["size"], f["sha256"]) == (136775724, "6be23fdf564e179787f66056a0fa94d489a1d88528d48d1bbef875166d1bd0bb")
+    assert variant["convert"] == {"from": {"vae_encoder": f["path"]}, "to": "distribution-mean"}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"encodes_for": None}, '"encodes_for" is missing'),
+    ({"encodes_for": []}, "must name the models it encodes"),
+    ({"resolutions": [[64, 64]]}, 'an add-on has no "resolutions"'),
+    ({"pipeline": "sdxl-turbo"}, '"style" is missing'),
+])
+def test_add_on_entries_are_checked(change, words):
+    entry = entry_file("tiny-sdxl-turbo-vae-encoder")
+    entry.update(change)
+    entry = {k: v for k, v in entry.items() if v is not None}
+    assert any(words in p for p in model_problems(entry)), model_problems(entry)
+
+
+def test_only_encoders_name_what_they_encode_for():
+    entry = entry_file("tiny-sdxl-turbo")
+    entry["encodes_for"] = ["x"]
+    assert any("only VAE encoders" in p for p in model_problems(entry))

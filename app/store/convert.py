@@ -1,7 +1,9 @@
 """The install-time conversion of a variant with "convert": "fp32-activations" (q4: the q4f16 download
 made to compute in fp32, for GPUs without 16-bit shaders) or "external-data" (q4f16: each single-file
 graph split into a small graph and its weights, so that onnxruntime-web never copies a 2 GB graph into
-its wasm heap and the JSPI build can stream the weights to the GPU). app/onnx/fp32.py does the graph work.
+its wasm heap and the JSPI build can stream the weights to the GPU) or "distribution-mean" (a VAE encoder
+split so, then cut to give its latent distribution's mean instead of a draw: app/onnx/mean.py).
+app/onnx/fp32.py does the graph work.
 
 Each converted part lands at `{part}/model.onnx` with its weights in `{part}/model.onnx_data` (the
 layout the pipeline loads by default). Their bytes are hashed while they are written and stored under
@@ -11,6 +13,7 @@ so loading checks their presence and Verify re-hashes them. An interrupted conve
 """
 
 from ..onnx.fp32 import Conversion, convert_model
+from ..onnx.mean import mean_output
 from .download import Partial, storing
 from .layout import PARTIAL
 from .opfs import js_bytes, options, remove
@@ -59,6 +62,8 @@ async def convert_bundle(folder, entry: dict, on_part) -> dict:
 
             graph = await convert_model(read, int(file.size), write_data, data_path.rpartition("/")[2],
                                         Conversion(fp32=entry["convert"]["to"] == "fp32-activations"))
+            if entry["convert"]["to"] == "distribution-mean":
+                graph = mean_output(graph)[0]
         except BaseException:
             data.close()
             raise

@@ -338,9 +338,10 @@ class Installer:
     async def _convert(self, model_id, folder):
         status = self.status[model_id]
 
-        fp32 = self.models[model_id]["convert"]["to"] == "fp32-activations"
-        doing = ("Converting {} for this GPU (32-bit math)…" if fp32
-                 else "Preparing {} for loading (its weights into a file of their own)…")
+        doing = {"fp32-activations": "Converting {} for this GPU (32-bit math)…",
+                 "external-data": "Preparing {} for loading (its weights into a file of their own)…",
+                 "distribution-mean": "Preparing {} for loading (the same picture always encoded the same)…",
+                 }[self.models[model_id]["convert"]["to"]]
 
         async def on_part(part):
             self._active(model_id)

@@ -10,8 +10,9 @@ import json
 import re
 
 # A variant's install-time conversions (app/store/convert.py), each with the most bytes it writes per byte
-# it converts: fp32 activations double every float16; a split only moves the weights out of the graph.
-CONVERSIONS = {"fp32-activations": 2, "external-data": 1}
+# it converts: fp32 activations double every float16; a split only moves the weights out of the graph (and
+# "distribution-mean" then cuts a VAE encoder's sampling to its mean: app/onnx/mean.py).
+CONVERSIONS = {"fp32-activations": 2, "external-data": 1, "distribution-mean": 1}
 
 
 def conversion_growth(entry: dict) -> int:
@@ -19,13 +20,19 @@ def conversion_growth(entry: dict) -> int:
     return CONVERSIONS.get(entry.get("convert", {}).get("to"), 0)
 
 SCHEMA = 1
-PIPELINES = ("sdxl-turbo", "sdxl-refiner")
+PIPELINES = ("sdxl-turbo", "sdxl-refiner", "vae-encoder")
+# An add-on is installed on first use of what needs it and loaded beside the model it serves: no
+# defaults, resolutions or style of its own, never offered for generating.
+ADDONS = ("vae-encoder",)
 PRECISIONS = ("fp32", "fp16", "q4f16", "q4")
-REQUIRED_FIELDS = ("id", "name", "style", "description", "license", "pipeline", "defaults", "resolutions",
-                   "vae_scaling_factor", "vae_scale_factor", "variants")
+# Every entry has REQUIRED_FIELDS; a model also MODEL_FIELDS, an add-on ADDON_FIELDS instead.
+REQUIRED_FIELDS = ("id", "name", "description", "license", "pipeline", "vae_scaling_factor", "vae_scale_factor",
+                   "variants")
+MODEL_FIELDS = ("style", "defaults", "resolutions")
+ADDON_FIELDS = ("encodes_for",)
 VARIANT_REQUIRED_FIELDS = ("id", "precision", "requires", "gpu_memory_bytes", "disk_bytes", "files")
 FILE_REQUIRED_FIELDS = ("path", "url", "size", "sha256")
-PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
+PARTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 
 _ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -123,8 +130,8 @@ def _layout_problems(v) -> list[str]:
         sources = convert.get("from") if isinstance(convert, dict) else None
         if not (isinstance(convert, dict) and convert.get("to") in CONVERSIONS and isinstance(sources, dict)
                 and sources and all(k in PARTS and p in paths for k, p in sources.items())):
-            out.append('"convert" must be {"from": {part: one of the files}, "to": "fp32-activations" or '
-                       '"external-data"}.')
+            out.append('"convert" must be {"from": {part: one of the files}, "to": "fp32-activations", '
+                       '"external-data" or "distribution-mean"}.')
         elif "parts" in v:
             out.append('a converted variant loads its parts from where the conversion puts them: no "parts".')
         else:
@@ -191,7 +198,9 @@ def _entry_problems(entry) -> list[tuple[str, str]]:
     """(label below the model, problem) pairs; the label is "" for the model itself."""
     if not isinstance(entry, dict):
         return [("", "a model entry must be a JSON object.")]
-    out = [("", f'"{k}" is missing.') for k in REQUIRED_FIELDS if k not in entry]
+    addon = entry.get("pipeline") in ADDONS
+    required = REQUIRED_FIELDS + (ADDON_FIELDS if addon else MODEL_FIELDS)
+    out = [("", f'"{k}" is missing.') for k in required if k not in entry]
     if "id" in entry and not (isinstance(entry["id"], str) and _ID.fullmatch(entry["id"])):
         out.append(("", "the id must be lowercase letters, digits and dashes, starting with a letter or digit."))
     for key in ("name", "style", "description", "license"):
@@ -206,6 +215,14 @@ def _entry_problems(entry) -> list[tuple[str, str]]:
         out.append(("", 'a refiner must name the models it refines in "refines".'))
     if pipeline != "sdxl-refiner" and "refines" in entry:
         out.append(("", 'only refiners have "refines".'))
+    encodes = entry.get("encodes_for")
+    if pipeline == "vae-encoder" and not (isinstance(encodes, list) and encodes and all(isinstance(r, str) for r in encodes)):
+        out.append(("", 'a VAE encoder must name the models it encodes pictures for in "encodes_for".'))
+    if pipeline != "vae-encoder" and "encodes_for" in entry:
+        out.append(("", 'only VAE encoders have "encodes_for".'))
+    for key in ("style", "defaults", "resolutions", "tier_resolutions", "bench", "refines"):
+        if addon and key in entry:
+            out.append(("", f'an add-on has no "{key}".'))
     resolutions = entry.get("resolutions")
     if "resolutions" in entry and not (isinstance(resolutions, list) and resolutions
                                        and all(_is_size_pair(r) for r in resolutions)):
@@ -297,6 +314,15 @@ def bundle_sha256(entry: dict) -> str:
     device.pick_variant): changes whenever any file of the bundle does."""
     lines = sorted(f"{f['path']} {f['sha256']}\n" for f in entry["files"])
     return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def is_addon(entry: dict) -> bool:
+    return entry.get("pipeline") in ADDONS
+
+
+def encoder_for(models: dict, model_id: str):
+    """The id of the VAE encoder add-on that serves `model_id` (image to image), or None."""
+    return next((m for m, e in models.items() if model_id in e.get("encodes_for", [])), None)
 
 
 def models_by_id(manifest: dict) -> dict:

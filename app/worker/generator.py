@@ -3,6 +3,7 @@ image, bench the device; and how an unexpected failure is described to the page.
 
 import asyncio
 import time
+from dataclasses import replace
 
 import js
 import numpy as np
@@ -14,15 +15,17 @@ from ..pipeline.turbo import SDXLTurbo
 from ..runtime.one_at_a_time import OneAtATime
 from ..runtime.web import DEFAULT_CHUNK_BYTES, DeviceLost, GpuOutOfMemory, WebRuntime
 from ..store import gallery
+from ..store.gallery import as_bytes
 from ..store.locks import BENCH_LOCK, held
-from ..store.manifest import bundle_sha256
+from ..store.manifest import bundle_sha256, encoder_for, is_addon
 from ..store.png import encode_png
 from .bench import bench
 from .device import (MEMORY_WORDS, PRESETS, default_resolution, fault_kind, lower_resolution, memory_preset, next_memory,
                      unsuitable)
 from .jobs import JobQueue
-from .messages import bytes_buffer, filename, image_bitmap, post
+from .messages import browser_decode, bytes_buffer, filename, image_bitmap, post
 from .params import InputError, parse_memory, parse_preview_every, parse_request
+from .picture import decode, fit, upscaled_size
 from .progress import Progress
 
 
@@ -101,30 +104,83 @@ class Generator:
             message["message"] = f"Generation failed: {error}"
         post(message)
 
-    def checked_request(self, raw):
-        request = parse_request(raw, self.models)
+    def checked_request(self, raw, picture=False):
+        request = parse_request(raw, self.models, picture)
         reason = unsuitable(self.models[request.model], self.caps)
         if reason:
             raise InputError(reason, "model")
         return request
 
-    async def generate(self, job_id, raw, resume=None):
-        request = self.checked_request(raw)
+    async def load_encoder(self, pipe, model_id, on_stage, one_part_at_a_time):
+        """The VAE encoder add-on beside the loaded model: installed on first use, loaded once."""
+        if pipe.vae_encoder is not None:
+            return
+        encoder_id = encoder_for(self.models, model_id)
+        if encoder_id is None:
+            raise InputError(f"{self.models[model_id]['name']} cannot start from a picture.", "picture")
+        entry = self.models[encoder_id]
+        reason = unsuitable(entry, self.caps)
+        if reason:
+            raise InputError(reason, "picture")
+        if self.installer.state(encoder_id) != "installed":
+            await on_stage("install encoder")
+            await self.installer.ensure(encoder_id)
+        files = await self.installer.files_for_loading(encoder_id)
+        runtime = WebRuntime(files, self.caps["backend"], entry.get("external_data_chunk_bytes", DEFAULT_CHUNK_BYTES))
+        await pipe.load_encoder(OneAtATime(runtime) if one_part_at_a_time else runtime, on_stage)
+
+    async def start_picture(self, request, source):
+        """(the request with an upscale's size, the picture fitted to its size, what the PNG records of it)."""
+        picture = await decode(as_bytes(source), managed=browser_decode)
+        if request.upscale:
+            largest = max(max(r) for r in self.models[request.model]["resolutions"])
+            height, width = upscaled_size(*picture.size, request.upscale, largest)
+            if height * width <= picture.size[0] * picture.size[1]:
+                raise InputError(f"This picture is {picture.size[1]}×{picture.size[0]}; "
+                                 f"{self.models[request.model]['name']} makes nothing larger.", "upscale")
+            request = replace(request, height=height, width=width)
+        pixels = fit(picture, request.height, request.width, request.fit)
+        return request, pixels, {"sha256": picture.sha256, "height": picture.size[0], "width": picture.size[1],
+                                 "notes": picture.notes}
+
+    async def generate(self, job_id, raw, resume=None, source=None):
+        """A run from noise, or from a picture (`source`: its file's bytes) with a strength, or a result upscaled."""
+        request = self.checked_request(raw, picture=source is not None)
         if self.models[request.model].get("pipeline") == "sdxl-refiner":
             raise InputError(f"{self.models[request.model]['name']} refines images; choose a base model to generate.", "model")
+        pixels = origin = None
+        if source is not None:
+            request, pixels, origin = await self.start_picture(request, source)
+            post({"type": "picture", "id": job_id, "notes": origin["notes"]})
         tiles, parts = parse_memory(raw)
         started = time.perf_counter()
         progress = self.progress = Progress(job_id, self.queue, request.steps, "denoise", parse_preview_every(raw))
+        progress.first = SDXLTurbo.first_step(request.steps, request.strength)
         await progress.on_stage("load")
         pipe = progress.pipe = await self.pipeline(request.model, progress.on_stage, parts)
+        if source is not None:
+            await self.load_encoder(pipe, request.model, progress.on_stage, parts)
         if resume:
             latents = np.asarray(resume["latents"], np.float32).reshape(pipe.latent_shape(request.height, request.width))
             resume = (int(resume["step"]), latents)
+        # An upscale's encode and decode go in tiles above the model's tile size, whatever the memory setting.
+        tile = self.decode_tile(request.model, tiles or bool(request.upscale))
         image = await pipe.generate(request.prompt, request.seed, request.steps, request.height, request.width,
                                     on_stage=progress.on_stage, on_step=progress.on_step, resume=resume,
-                                    decode_tile=self.decode_tile(request.model, tiles))
+                                    decode_tile=tile, image=pixels, strength=request.strength, encode_tile=tile,
+                                    guidance_scale=request.guidance, negative_prompt=request.negative_prompt)
         parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
                           app_version=__version__)
+        parameters = {k: v for k, v in parameters.items() if v not in (None, "")}
+        if request.guidance <= 1:
+            parameters.pop("guidance")
+        if origin is None:
+            parameters.pop("fit")
+        else:
+            parameters["source"] = {k: origin[k] for k in ("sha256", "height", "width")}
+            if request.upscale:
+                parameters.update(upscale=request.upscale, hires_steps=request.steps)
+                parameters.pop("fit")
         await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
 
     async def refine(self, job_id, raw, resume, base_latents):
@@ -190,6 +246,6 @@ class Generator:
         result["presets"] = {
             m: {"resolution": "{}x{}".format(*default_resolution(e, tier)), "steps": PRESETS[tier].steps,
                 "preview_every": PRESETS[tier].preview_every, "memory": memory_preset(self.caps, tier)}
-            for m, e in self.models.items()
+            for m, e in self.models.items() if not is_addon(e)
         }
         post(dict(result, type="bench", id=job_id))

@@ -11,8 +11,8 @@ from ..pipeline.preview import approximate_rgb, half_size, preview_kind
 from .messages import float32_array, image_bitmap, post
 
 # Share of the progress bar given to each stage; denoise is split evenly between its steps.
-STAGES = {"load": (0.0, 0.25), "encode prompt": (0.25, 0.3), "denoise": (0.3, 0.9), "refine": (0.3, 0.9),
-          "decode": (0.9, 1.0)}
+STAGES = {"load": (0.0, 0.25), "encode prompt": (0.25, 0.28), "encode image": (0.28, 0.3), "denoise": (0.3, 0.9),
+          "refine": (0.3, 0.9), "decode": (0.9, 1.0)}
 
 
 def stage_fraction(stage, step, steps):
@@ -31,20 +31,22 @@ class Progress:
         self.step_stage = step_stage  # "denoise" or "refine"
         self.preview_every = preview_every
         self.pipe = None
+        self.first = 0  # the schedule step a run from a picture starts at: steps are counted from there
         self.preview_ms = 0.0
         self.stage = ""
 
     async def on_stage(self, stage, step=0):
         self.queue.check(self.job_id)
         self.stage = stage  # where a failure happened (an out-of-memory while loading is retried differently)
-        post({"type": "progress", "id": self.job_id, "stage": stage, "step": step, "steps": self.steps,
-              "fraction": stage_fraction(stage, step, self.steps)})
+        step, steps = max(step - self.first, 0), self.steps - self.first
+        post({"type": "progress", "id": self.job_id, "stage": stage, "step": step, "steps": steps,
+              "fraction": stage_fraction(stage, step, steps)})
         await asyncio.sleep(0)
 
     async def on_step(self, i, x: np.ndarray, denoised: np.ndarray):
         latents = float32_array(x)  # the page keeps it to resume after a device loss
         post({"type": "checkpoint", "id": self.job_id, "step": i + 1, "latents": latents}, transfer=[latents.buffer])
-        kind = preview_kind(i + 1, self.steps, self.preview_every)
+        kind = preview_kind(i + 1 - self.first, self.steps - self.first, self.preview_every)
         if kind:
             t0 = time.perf_counter()
             if kind == "approx":

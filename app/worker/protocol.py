@@ -1,7 +1,9 @@
 """The worker's side of the page <-> worker protocol (Python in Pyodide, in a Web Worker).
 
-Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model, preview_every, autosave},
-                  resume?: {step, latents (Float32Array)}}
+Page -> worker:  {type: "generate", id, params: {prompt, seed, steps, resolution, model, preview_every, autosave,
+                  memory, guidance, negative_prompt, strength, fit, upscale}, resume?: {step, latents (Float32Array)},
+                  source?: (ArrayBuffer) the picture a run starts from (strength, fit) or a result to upscale}
+                 {type: "picture-check", id, source}: is this a picture a run can start from?
                  {type: "refine", id, params (the base image's), latents (its final latents), resume?}
                  {type: "cancel", id}      {type: "bench", id}      {type: "tokens", model, text}
                  install, install-cancel, model-delete, model-verify, model-import, models-free-unlisted: see
@@ -13,6 +15,8 @@ Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "preview", id, step, kind: "approx" | "vae", bitmap (ImageBitmap, transferred)}
                  {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}}
                  {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
+                 {type: "picture", id, notes}: the run's picture was read (notes: what was done to it)
+                 {type: "picture-checked", id, message ("" when usable), width, height, sha256, notes}
                  {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
                  {type: "cancelled", id}
                  {type: "tokens", model, text, count, limit}: see tokens.py
@@ -31,11 +35,14 @@ import js
 from .. import __version__
 from ..store import gallery
 from ..store.installer import Installer
-from ..store.manifest import ManifestError, load_manifest, models_by_id
+from ..store.gallery import as_bytes
+from ..store.manifest import ManifestError, encoder_for, is_addon, load_manifest, models_by_id
 from .capabilities import capabilities
 from .device import pick_variant, unsuitable
 from .generator import Generator
-from .messages import post
+from .messages import browser_decode, post
+from .params import InputError
+from .picture import decode
 from .rejections import install as settle_every_rejection
 from .tokens import TokenCounter
 
@@ -61,7 +68,10 @@ class Worker:
         kind = msg.get("type")
         generator, queue = self.generator, self.generator.queue
         if kind == "generate":
-            asyncio.ensure_future(queue.run(msg["id"], generator.generate, msg.get("params") or {}, msg.get("resume")))
+            asyncio.ensure_future(queue.run(msg["id"], generator.generate, msg.get("params") or {}, msg.get("resume"),
+                                            msg.get("source")))
+        elif kind == "picture-check":  # decoding only: no need to wait for the GPU
+            asyncio.ensure_future(check_picture(msg))
         elif kind == "refine":
             asyncio.ensure_future(queue.run(msg["id"], generator.refine, msg.get("params") or {}, msg.get("resume"),
                                             msg.get("latents")))
@@ -89,6 +99,18 @@ class Worker:
             asyncio.ensure_future(self.installer.import_files(list(message.files)))
 
 
+async def check_picture(msg):
+    answer = {"type": "picture-checked", "id": msg.get("id"), "message": "", "notes": []}
+    try:
+        picture = await decode(as_bytes(msg.get("source")), managed=browser_decode)
+        answer.update(height=picture.size[0], width=picture.size[1], sha256=picture.sha256, notes=picture.notes)
+    except InputError as e:
+        answer["message"] = str(e)
+    except Exception as e:  # a browser decoder's refusal, say
+        answer["message"] = f"This picture cannot be read: {e}"
+    post(answer)
+
+
 async def read_manifest(url: str):
     """(valid entries, rejection messages, problem with the whole list or "")."""
     try:
@@ -101,14 +123,25 @@ async def read_manifest(url: str):
         return [], [], f"The model list (models_manifest.json) is not usable: {e}"
 
 
+def encoder_row(models, model_id, caps) -> dict:
+    """What the page says about a model's image-to-image add-on: its id, download size and whether it runs here."""
+    encoder_id = encoder_for(models, model_id)
+    if not encoder_id:
+        return {"id": "", "mb": 0, "unsuitable": ""}
+    entry = models[encoder_id]
+    return {"id": encoder_id, "mb": round(sum(f["size"] for f in entry["files"]) / 1e6, 1),
+            "unsuitable": unsuitable(entry, caps) or ""}
+
+
 async def start(manifest_url: str):
     settle_every_rejection()
     (entries, rejected, problem), caps = await asyncio.gather(read_manifest(manifest_url), capabilities())
     worker = Worker(entries, caps, rejected)
     models = [{"id": m["id"], "name": m["name"], "defaults": m["defaults"], "resolutions": m["resolutions"],
                "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, caps) or "",
-               "bench": bool(m.get("bench")), "refines": m.get("refines", [])}
-              for m in worker.models.values()]
+               "bench": bool(m.get("bench")), "refines": m.get("refines", []),
+               "encoder": encoder_row(worker.models, m["id"], caps)}
+              for m in worker.models.values() if not is_addon(m)]
     post({"type": "ready", "models": models, "capabilities": caps, "version": __version__,
           "manifest_problem": problem, "rejected": rejected})
     asyncio.ensure_future(worker.installer.start())
