@@ -112,7 +112,8 @@ Model: "sd_xl: base", Version: v1.10.1"""
 def test_settings_found_in_a_png_from_another_tool_come_back_as_far_as_they_are_usable():
     assert gallery.settings_from_png(plain_png(("parameters", A1111))) == ({
         "prompt": 'a lighthouse, "golden hour", (rain:1.2)\noil on canvas', "seed": "1234567890123", "steps": 20,
-        "height": 1216, "width": 832, "model": "sd_xl: base"}, "", "a1111")
+        "height": 1216, "width": 832, "model": "sd_xl: base", "guidance": 7.0,
+            "negative_prompt": "blurry, lowres"}, "", "a1111")
     unusable = "猫\nSteps: 5000, Seed: 99999999999999999999999, Size: 20000x512, Model: "  # all beyond LIMITS
     assert gallery.settings_from_png(plain_png(("parameters", unusable))) == ({"prompt": "猫"}, "", "a1111")
     invokeai = {"positive_prompt": "a fox", "negative_prompt": "blurry", "seed": 7, "steps": 30, "width": 1024,

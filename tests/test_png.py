@@ -80,7 +80,7 @@ def test_png_carries_the_a1111_parameters_other_tools_read():
     png = encode_png(rgb, PARAMS)
     assert text_of(png)["parameters"] == (
         "a lighthouse at dusk\n"
-        "Steps: 2, Sampler: Euler a, CFG scale: 0, Seed: 42, Size: 96x64, Model hash: 1a2b3c4d5e, Model: sdxl-turbo, "
+        "Steps: 2, Sampler: Euler a, CFG scale: 1, Seed: 42, Size: 96x64, Model hash: 1a2b3c4d5e, Model: sdxl-turbo, "
         "Version: Lantern 0.1.0")
     assert b"tEXtparameters\0" in png
     assert read_parameters(png) == PARAMS  # the Lantern chunk is unchanged
@@ -95,7 +95,7 @@ def test_a1111_text_keeps_the_prompt_as_is_and_quotes_values_as_a1111_does():
     assert text.startswith(prompt + "\nSteps: 2, ")
     assert ', Model: "tiny: \\"x\\", y", Version: ' in text
     assert read_foreign_settings(png) == ("a1111", {"prompt": prompt, "seed": 42, "steps": 2, "height": 64, "width": 96,
-                                                    "model": 'tiny: "x", y'})
+                                                    "model": 'tiny: "x", y', "guidance": 1.0})
 
 
 def test_a1111_text_of_a_refined_image_and_without_a_hash():
@@ -105,7 +105,7 @@ def test_a1111_text_of_a_refined_image_and_without_a_hash():
         "Model: sdxl-turbo, Denoising strength: 0.3, Refiner: sdxl-refiner [0123456789], Version: Lantern 0.1.0")
     assert a1111_text(dict(PARAMS, model_sha256="")) == (
         "a lighthouse at dusk\n"
-        "Steps: 2, Sampler: Euler a, CFG scale: 0, Seed: 42, Size: 96x64, Model: sdxl-turbo, Version: Lantern 0.1.0")
+        "Steps: 2, Sampler: Euler a, CFG scale: 1, Seed: 42, Size: 96x64, Model: sdxl-turbo, Version: Lantern 0.1.0")
 
 
 A1111 = """masterpiece, a "lighthouse" at dusk, (golden hour:1.2)
@@ -123,7 +123,8 @@ def foreign_png(*texts) -> bytes:
 def test_settings_from_other_tools_are_read_as_far_as_they_go():
     assert read_foreign_settings(foreign_png(("parameters", A1111))) == ("a1111", {
         "prompt": 'masterpiece, a "lighthouse" at dusk, (golden hour:1.2)\nrain, 8k', "seed": 1234567890, "steps": 20,
-        "width": 832, "height": 1216, "model": "sdxl: base, 1.0"})
+        "width": 832, "height": 1216, "model": "sdxl: base, 1.0", "guidance": 7.0,
+            "negative_prompt": "blurry, lowres\nSteps: are not here"})
     garbage = "a fox\nSteps: many, Seed: -1, Size: 512 by 512, Model: "
     assert read_foreign_settings(foreign_png(("parameters", garbage))) == ("a1111", {"prompt": "a fox"})
     invokeai = {"positive_prompt": "a fox", "negative_prompt": "blurry", "seed": 7, "steps": 30, "width": 1024,
@@ -153,3 +154,21 @@ def test_other_tools_text_larger_than_lantern_writes_is_refused_unread():
     frames = chunk(b"acTL", (800_000).to_bytes(4, "big") + (0).to_bytes(4, "big"))
     with pytest.raises(TooLarge):
         read_foreign_settings(made_png(frames, chunk(b"tEXt", b"parameters\0a fox\nSteps: 2")))
+
+
+def test_a1111_text_of_guidance_image_to_image_and_an_upscale_as_a1111_writes_them():
+    guided = dict(PARAMS, model_sha256="", guidance=2.5, negative_prompt="blurry, lowres")
+    assert a1111_text(guided) == (
+        "a lighthouse at dusk\nNegative prompt: blurry, lowres\n"
+        "Steps: 2, Sampler: Euler a, CFG scale: 2.5, Seed: 42, Size: 96x64, Model: sdxl-turbo, Version: Lantern 0.1.0")
+    from_picture = dict(PARAMS, model_sha256="", strength=0.5, source={"sha256": "ab" * 32, "height": 80, "width": 80})
+    assert "Size: 96x64, Model: sdxl-turbo, Denoising strength: 0.5, Version" in a1111_text(from_picture)
+    upscaled = dict(PARAMS, model_sha256="", height=128, width=192, strength=0.5, upscale=2.0, hires_steps=2,
+                    source={"sha256": "ab" * 32, "height": 64, "width": 96})
+    assert ("Size: 96x64, Model: sdxl-turbo, Denoising strength: 0.5, Hires upscale: 2, Hires steps: 2, "
+            "Hires upscaler: Lanczos, Version") in a1111_text(upscaled)
+    png = encode_png(np.zeros((8, 8, 3), np.uint8), guided)
+    assert read_foreign_settings(png) == ("a1111", {"prompt": "a lighthouse at dusk", "seed": 42, "steps": 2, "height": 64,
+                                                    "width": 96, "model": "sdxl-turbo", "guidance": 2.5,
+                                                    "negative_prompt": "blurry, lowres"})
+    assert read_foreign_settings(encode_png(np.zeros((8, 8, 3), np.uint8), from_picture))[1]["strength"] == 0.5

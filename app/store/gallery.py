@@ -46,6 +46,8 @@ LIST_LIMIT = 200  # thumbnails sent per listing; searching narrows the rest
 ORPHAN_GRACE_MS = 10 * 60 * 1000  # files without a .json this old are leftovers of an interrupted save
 KEY_RE = re.compile(r"\d{13}-[0-9a-f]{6}")
 FIELDS = {"prompt": str, "seed": int, "steps": int, "height": int, "width": int, "model": str}
+# Settings only some images have (guidance and its negative prompt; a run from a picture's strength).
+OPTIONAL = {"negative_prompt": str, "guidance": (int, float), "strength": (int, float)}
 
 NOT_LANTERN = "This PNG has no generation settings Lantern can read, so there is nothing to restore."
 NOT_PNG = "This file is not a PNG image, so it has no settings to restore."
@@ -65,12 +67,13 @@ def valid_key(key) -> bool:
 
 # Bounds far outside what the app makes, so that no restored number can be one the page cannot hold
 # (the page's MicroPython reads JS integers above 2**31 as negative); the generator checks the rest.
-LIMITS = {"seed": (0, 2**64 - 1), "steps": (1, 1000), "height": (1, 16384), "width": (1, 16384)}
+LIMITS = {"seed": (0, 2**64 - 1), "steps": (1, 1000), "height": (1, 16384), "width": (1, 16384),
+          "guidance": (0, 100), "strength": (0, 1)}
 
 
 def _valid(name: str, value) -> bool:
     """Whether `value` has the type of setting `name` and is within LIMITS."""
-    if not isinstance(value, FIELDS[name]) or isinstance(value, bool):
+    if not isinstance(value, {**FIELDS, **OPTIONAL}[name]) or isinstance(value, bool):
         return False
     low, high = LIMITS.get(name, (value, value))
     return low <= value <= high
@@ -117,16 +120,23 @@ def select(records, query: str = "", limit: int = LIST_LIMIT):
 
 
 def page_settings(parameters: dict) -> dict:
-    """The settings the page puts back in its controls (seed as text, see the module docstring)."""
-    return {"prompt": parameters["prompt"], "seed": str(parameters["seed"]), "steps": parameters["steps"],
-            "height": parameters["height"], "width": parameters["width"], "model": parameters["model"]}
+    """The settings the page puts back in its controls (seed as text, see the module docstring); an upscale's
+    are those of the picture it started from, which is what the controls make."""
+    size = parameters["source"] if parameters.get("upscale") and isinstance(parameters.get("source"), dict) else parameters
+    settings = {"prompt": parameters["prompt"], "seed": str(parameters["seed"]), "steps": parameters["steps"],
+                "height": size["height"], "width": size["width"], "model": parameters["model"]}
+    settings.update({k: parameters[k] for k in OPTIONAL if k in parameters and _valid(k, parameters[k])})
+    if parameters.get("upscale"):
+        settings.pop("strength", None)  # the upscale's, not a setting of the controls
+    return settings
 
 
 def partial_settings(found: dict) -> dict:
     """The settings another tool stored that the page can put back: each of the right type, within LIMITS
     and not blank; height and width only together; the seed as text, as in `page_settings`."""
+    types = {**FIELDS, **OPTIONAL}
     kept = {name: value for name, value in found.items()
-            if name in FIELDS and _valid(name, value) and (FIELDS[name] is not str or value.strip())}
+            if name in types and _valid(name, value) and (types[name] is not str or value.strip())}
     if ("height" in kept) != ("width" in kept):
         kept.pop("height", None)
         kept.pop("width", None)

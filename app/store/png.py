@@ -36,26 +36,32 @@ def _short_hash(sha256) -> str | None:
 
 
 def a1111_text(parameters: dict) -> str:
-    """The prompt, then one line of "Key: value" fields, in Automatic1111's order and spelling; fields
-    without a value are left out, as it does."""
+    """The prompt, the negative prompt's line when there is one, then one line of "Key: value" fields, in
+    Automatic1111's order and spelling; fields without a value are left out, as it does. An upscale is
+    written as its "Hires. fix": Size is the picture it started from, times "Hires upscale"."""
     p = parameters
     refiner = p.get("refiner")
     if refiner and _short_hash(p.get("refiner_sha256")):
         refiner = f"{refiner} [{_short_hash(p['refiner_sha256'])}]"
+    size = p.get("source") if p.get("upscale") else p
     fields = {
         "Steps": p.get("steps"),
         "Sampler": SAMPLER,
-        "CFG scale": p.get("guidance", 0),  # SDXL-Turbo runs without guidance
+        "CFG scale": p.get("guidance", 1),  # 1: no guidance, as SDXL-Turbo runs by default
         "Seed": p.get("seed"),
-        "Size": f"{p['width']}x{p['height']}" if "width" in p and "height" in p else None,
+        "Size": f"{size['width']}x{size['height']}" if "width" in size and "height" in size else None,
         "Model hash": _short_hash(p.get("model_sha256")),
         "Model": p.get("model"),
-        "Denoising strength": p.get("refiner_strength"),
+        "Denoising strength": p.get("strength", p.get("refiner_strength")),
+        "Hires upscale": f"{p['upscale']:g}" if p.get("upscale") else None,
+        "Hires steps": p.get("hires_steps"),
+        "Hires upscaler": "Lanczos" if p.get("upscale") else None,
         "Refiner": refiner,
         "Version": f"Lantern {p['app_version']}" if p.get("app_version") else None,
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in fields.items() if value is not None)
-    return f"{p.get('prompt', '')}\n{line}"
+    negative = f"\nNegative prompt: {p['negative_prompt']}" if p.get("negative_prompt") else ""
+    return f"{p.get('prompt', '')}{negative}\n{line}"
 
 
 def encode_png(rgb: np.ndarray, parameters: dict) -> bytes:
@@ -147,7 +153,8 @@ def read_parameters(png: bytes) -> dict | None:
 # Automatic1111's pattern for one "Key: value" field, a value in quotes being JSON; the key is bounded
 # here so that a long line without a colon is not searched again from each of its characters.
 A1111_FIELD = re.compile(r'\s*(\w[\w \-/]{0,99}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-WHOLE = re.compile(r"[0-9]{1,30}")  # int() of far longer digit strings is slow, or refused
+WHOLE = re.compile(r"[0-9]{1,30}")
+DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")  # int() of far longer digit strings is slow, or refused
 SIZE = re.compile(r"([0-9]{1,30})x([0-9]{1,30})")
 
 
@@ -163,24 +170,31 @@ def _a1111_value(value: str) -> str:
 
 
 def parse_a1111(text: str) -> dict:
-    """What Automatic1111's "parameters" text gives of prompt, seed, steps, width, height and model. Its
-    last line starting "Steps:" holds the fields; the lines before it are the prompt, then from
-    "Negative prompt:" on the negative prompt (left out: Lantern's models take none)."""
+    """What Automatic1111's "parameters" text gives of prompt, negative prompt, seed, steps, width, height,
+    model, CFG scale (guidance) and denoising strength. Its last line starting "Steps:" holds the fields;
+    the lines before it are the prompt, then from "Negative prompt:" on the negative prompt."""
     lines = text.split("\n")
     last = max((i for i, line in enumerate(lines) if line.strip().startswith("Steps:")), default=None)
     if last is None:
         return {}
     fields = {key: _a1111_value(value) for key, value in A1111_FIELD.findall(lines[last])}
-    prompt = []
+    prompt, negative = [], None
     for line in lines[:last]:
-        if line.strip().startswith("Negative prompt:"):
-            break
-        prompt.append(line)
+        if negative is None and line.strip().startswith("Negative prompt:"):
+            negative = [line.strip()[len("Negative prompt:"):]]
+        elif negative is not None:
+            negative.append(line)
+        else:
+            prompt.append(line)
     size = SIZE.fullmatch(fields.get("Size", ""))  # width x height
     numbers = {"seed": fields.get("Seed"), "steps": fields.get("Steps"),
                "width": size and size[1], "height": size and size[2]}
     found = {name: int(value) for name, value in numbers.items() if value and WHOLE.fullmatch(value)}
-    texts = {"prompt": "\n".join(prompt).strip(), "model": fields.get("Model")}
+    for name, key in (("guidance", "CFG scale"), ("strength", "Denoising strength")):
+        if DECIMAL.fullmatch(fields.get(key, "")):
+            found[name] = float(fields[key])
+    texts = {"prompt": "\n".join(prompt).strip(), "model": fields.get("Model"),
+             "negative_prompt": "\n".join(negative or []).strip()}
     return dict(found, **{name: value for name, value in texts.items() if value})
 
 
