@@ -5,6 +5,7 @@ import json
 from pyscript import document, window
 
 import gallery_ui
+import picture
 from page import clear_field_errors, el, field_error, send, show_error
 from result import clear_results
 from runs import retry, submit
@@ -14,7 +15,7 @@ MODEL_KEY = "lantern.model"
 HISTORY_SIZE = 50
 HISTORY_PROMPT_CHARS = 2000  # longer prompts are refused by the worker (app/worker/params.py): not kept
 
-models = {}  # id -> {"defaults", "resolutions", "unsuitable", "pipeline"} from the worker's "ready" message
+models = {}  # id -> {"defaults", "resolutions", "unsuitable", "pipeline", "encoder"} from the worker's "ready" message
 # Fields the visitor set (or used, by pressing Generate): start-up, the bench's presets and the model's
 # defaults leave them alone.
 touched = set()
@@ -148,17 +149,23 @@ def generate(event):
     seed = el("seed").value.strip()
     clear_results()
     remember_prompt(el("prompt").value)
+    source = picture.source()
     for k in range(count):  # a batch takes consecutive seeds
-        submit({
+        params = {
             "prompt": el("prompt").value,
             "seed": str(int(seed) + k) if seed.isdigit() else seed,
             "steps": el("steps").value,
             "resolution": el("resolution").value,
             "model": el("model").value,
+            "guidance": el("guidance").value,
+            "negative_prompt": el("negative-prompt").value,
             "preview_every": el("preview-every").value,
             "memory": el("memory").value,
             "autosave": gallery_ui.autosave(),
-        }, count, index=k + 1)
+        }
+        if source is not None:
+            params.update(strength=el("strength").value, fit=el("fit").value)
+        submit(params, count, index=k + 1, source=source)
 
 
 def apply_settings(p, source):
@@ -190,12 +197,32 @@ def apply_settings(p, source):
     for field in ("prompt", "seed"):
         if field in p:
             el(field).value = str(p[field])
+    # Guidance and its negative prompt come back as the image had them (none: guidance off).
+    el("guidance").value = str(p.get("guidance", 1))
+    el("negative-prompt").value = p.get("negative_prompt", "")
+    if "strength" in p:
+        el("strength").value = str(p["strength"])
     touched.update(("resolution", "steps"))  # restored on purpose: no preset may change them
     ask_tokens()
     if not source:
         return ""
     text = f"Settings restored from the dropped {source} image."
     return text + (" Not restored: " + "; ".join(skipped) + "." if skipped else "")
+
+
+def on_picture(height, width):
+    """A picture was chosen: the offered resolution whose shape is nearest its own (the visitor may change it)."""
+    shape = width / height
+    options = el("resolution").options
+    sizes = [options[i].value for i in range(options.length)]
+    el("resolution").value = min(sizes, key=lambda v: abs(int(v.split("x")[1]) / int(v.split("x")[0]) - shape))
+    touched.add("resolution")
+
+
+def update_picture(state_of):
+    model_id = el("model").value
+    encoder = models.get(model_id, {}).get("encoder")
+    picture.update(model_id, encoder, state_of(encoder["id"]) if encoder and encoder["id"] else "")
 
 
 def retry_run(event):
@@ -206,7 +233,7 @@ def retry_run(event):
     el("memory").value = params.get("memory", "")  # kept for the runs after it: the memory they need is the same
     touched.add("memory")
     submit(dict(params, preview_every=el("preview-every").value, memory=el("memory").value,
-                autosave=gallery_ui.autosave()))
+                autosave=gallery_ui.autosave()), source=retry.get("source"))
 
 
 def randomize(event):

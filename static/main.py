@@ -11,6 +11,7 @@ import form
 import gallery_ui
 import models_ui
 import offline
+import picture
 import result
 import runs
 import welcome
@@ -26,7 +27,8 @@ def on_ready(msg):
         resolutions = [(int(m.resolutions[j][0]), int(m.resolutions[j][1])) for j in range(m.resolutions.length)]
         d = m.defaults
         form.models[m.id] = {"defaults": {"height": d.height, "width": d.width, "steps": d.steps},
-                             "resolutions": resolutions, "unsuitable": m.unsuitable, "pipeline": m.pipeline}
+                             "resolutions": resolutions, "unsuitable": m.unsuitable, "pipeline": m.pipeline,
+                             "encoder": {"id": m.encoder.id, "mb": m.encoder.mb, "unsuitable": m.encoder.unsuitable}}
         result.models[m.id] = {"name": m.name, "refines": [m.refines[j] for j in range(m.refines.length)]}
         if first and m.pipeline == "sdxl-turbo":  # second-pass models are offered by Refine
             option = document.createElement("option")
@@ -46,6 +48,7 @@ def on_ready(msg):
         return
     form.choose_model()
     form.fill_resolutions(select.value)  # what the visitor typed meanwhile stays (form.chosen)
+    form.update_picture(models_ui.state_of)
     el("status").dataset.backend = caps.backend
     if caps.backend != "webgpu":
         el("notice").textContent = (f"{caps.reason} Images are made on the CPU instead, which is much slower; "
@@ -66,6 +69,7 @@ def on_progress(msg):
 
 def on_models_changed():
     result.update_refine()
+    form.update_picture(models_ui.state_of)
     runs.on_models_changed(models_ui.state_of)
     form.on_models_changed(models_ui.state_of)
     welcome.update()
@@ -84,6 +88,7 @@ HANDLERS = {
     "tokens": form.on_tokens,
     "preview": result.on_preview, "result": result.on_result, "png": result.on_png, "bench": device.on_bench,
     "cancelled": result.on_cancelled, "error": on_error, "models": models_ui.on_message,
+    "picture-checked": picture.on_checked,
 }
 
 
@@ -102,11 +107,14 @@ gallery_ui.setup(send, form.apply_settings)
 models_ui.setup(send, on_models_changed)
 for id, handler in (("generate", form.generate), ("cancel", runs.cancel), ("retry", form.retry_run),
                     ("randomize", form.randomize), ("download", result.download), ("refine", result.refine),
-                    ("rebench", device.run_bench), ("clear-history", form.clear_history)):
+                    ("rebench", device.run_bench), ("clear-history", form.clear_history),
+                    ("upscale-1-5", result.upscale), ("upscale-2", result.upscale)):
     listen(el(id), "click", handler)
+picture.setup(form.on_picture)
 # Enter in a field must not submit the controls' form (which would reload the page; the CSP forbids it).
 listen(el("controls"), "submit", lambda event: event.preventDefault())
 listen(el("model"), "change", form.on_model_change)
+listen(el("model"), "change", lambda event: form.update_picture(models_ui.state_of))
 listen(el("history"), "change", form.use_history)
 for field in FIELDS:
     # The visitor set it (start-up and presets leave it alone from now on); its refusal, if any, is answered.

@@ -7,7 +7,7 @@ from pyscript.ffi import create_proxy, to_js
 
 worker = {"current": None, "generation": 0, "on_message": None, "next_id": 1, "used": False}
 # Messages that mean the visitor has started something on this page: a new build then asks before reloading.
-USES = ("generate", "refine", "install", "model-import", "model-delete", "model-verify")
+USES = ("generate", "refine", "picture-check", "install", "model-import", "model-delete", "model-verify")
 kept = []  # the proxies JS holds (made once, at setup)
 
 
@@ -60,7 +60,8 @@ def show_error(text):
     box.hidden = not text
 
 
-FIELDS = ("prompt", "seed", "steps", "resolution", "count", "preview-every", "memory", "model")
+FIELDS = ("prompt", "seed", "steps", "resolution", "count", "preview-every", "memory", "model", "guidance",
+          "negative-prompt", "strength", "fit", "picture")
 
 
 def field_error(field, text):

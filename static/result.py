@@ -19,9 +19,16 @@ def settings_text(seed, steps, size):
     return f"Seed {seed} · {steps_text(steps)} · {size}"
 
 
+UPSCALE = {"upscale-1-5": "1.5", "upscale-2": "2"}
+# An upscale redraws at this strength with this many steps (one step runs: SDXL-Turbo's own img2img setting).
+UPSCALE_STRENGTH, UPSCALE_STEPS = "0.5", "2"
+
+
 def actions(enabled):
-    """Download and Refine act on the image on show: off while a new run's previews are."""
+    """Download, Refine and Upscale act on the image on show: off while a new run's previews are."""
     el("download").disabled = not enabled
+    for button in UPSCALE:
+        el(button).disabled = not enabled
     if enabled:
         update_refine()
     else:
@@ -82,9 +89,12 @@ def show_result(job_id):
     el("stage-empty").hidden = True
     total, previews = r["timing"]
     name = models.get(p["model"], {}).get("name", p["model"])
-    refined = " · refined" if p["refined"] else ""
+    how = (" · refined" if p["refined"] else f" · upscaled ×{p['upscale']}" if p["upscale"]
+           else f" · from a picture, strength {p['strength']}" if p["strength"] else "")
+    if p["guidance"]:
+        how += f" · guidance {p['guidance']}"
     size = f"{p['height']}x{p['width']}"
-    el("caption").textContent = (f"{settings_text(p['seed'], p['steps'], size)} · {name}{refined} · "
+    el("caption").textContent = (f"{settings_text(p['seed'], p['steps'], size)} · {name}{how} · "
                                  f"made in {total / 1000:.1f} s (previews {previews:.0f} ms)")
     actions(True)
     for button in el("grid").children:
@@ -96,9 +106,12 @@ def on_png(msg):
         drop_results()
     p = msg.parameters
     blob = window.Blob.new(to_js([msg.png]), to_js({"type": "image/png"}))
-    results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename,
+    results[msg.id] = {"url": window.URL.createObjectURL(blob), "filename": msg.filename, "png": msg.png,
                        "parameters": {"prompt": p.prompt, "seed": msg.seed_text, "steps": p.steps, "height": p.height,
-                                      "width": p.width, "model": p.model, "refined": bool(getattr(p, "refiner", ""))},
+                                      "width": p.width, "model": p.model, "refined": bool(getattr(p, "refiner", "")),
+                                      "guidance": getattr(p, "guidance", None),
+                                      "negative_prompt": getattr(p, "negative_prompt", ""),
+                                      "strength": getattr(p, "strength", None), "upscale": getattr(p, "upscale", None)},
                        "timing": shown["timing"].pop(msg.id, (0, 0))}
     if msg.id in jobs and jobs[msg.id]["checkpoint"]:
         results[msg.id]["latents"] = jobs[msg.id]["checkpoint"][1]  # the final latents, for Refine
@@ -181,11 +194,28 @@ def refine_note(r):
 
 
 def update_refine():
-    """Refine is on exactly when it can run on the image on show; called again when a model's state changes."""
+    """Refine is on exactly when it can run on the image on show; called again when a model's state changes.
+    Without a refiner for its model it is not offered: Upscale is, with the model itself."""
     r = results.get(shown["selected"])
     note = refine_note(r) if r else ""
     el("refine").disabled = r is None or bool(note) or r.get("latents") is None or not el("preview").hidden
+    el("refine").hidden = r is not None and refiner_for(r["parameters"]["model"]) is None
+    if el("refine").hidden and r is not None:
+        note = f"No refiner is offered for {models.get(r['parameters']['model'], {}).get('name', 'this model')}: " \
+               "Upscale makes a larger, sharper version with the model itself."
     el("refine-note").textContent = note
+
+
+def upscale(event):
+    """One more run on the queue: the picture on show, Lanczos-resized by the factor and redrawn (hires fix)."""
+    r = results[shown["selected"]]
+    p = r["parameters"]
+    params = {"prompt": p["prompt"], "seed": str(p["seed"]), "steps": UPSCALE_STEPS, "strength": UPSCALE_STRENGTH,
+              "resolution": f"{p['height']}x{p['width']}", "model": p["model"], "upscale": UPSCALE[event.target.id],
+              "guidance": str(p["guidance"] or 1), "negative_prompt": p["negative_prompt"] or "",
+              "memory": el("memory").value, "preview_every": el("preview-every").value,
+              "autosave": gallery_ui.autosave()}
+    submit(params, source=r["png"])
 
 
 def refine(event):

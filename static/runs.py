@@ -7,11 +7,12 @@ from page import count, el, field_error, listen, new_id, replace_worker, send, s
 
 MAX_FAILED_RECOVERIES = 2
 # What each stage is called on the page (the worker's names are for code and logs).
-STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Reading the prompt…", "decode": "Finishing the image…"}
+STAGE_TEXT = {"load": "Loading the model…", "encode prompt": "Reading the prompt…", "decode": "Finishing the image…",
+              "install encoder": "Installing the image-to-image add-on…", "encode image": "Reading the picture…"}
 STEP_TEXT = {"denoise": "Drawing", "refine": "Refining"}
 
 jobs = {}  # id -> {"params", "checkpoint": (step, latents) | None, "failed": int, ...}, unfinished only
-retry = {"params": None}
+retry = {"params": None, "source": None}
 ahead = {"bench": ""}  # work the visitor did not ask for that runs before their requests (the device bench)
 needs_install = {"model": None}  # the error on show says this model is not installed: it goes once it is
 
@@ -32,8 +33,9 @@ def now_ms():
     return window.performance.now()
 
 
-def set_retry(params, label):
+def set_retry(params, label, source=None):
     retry["params"] = params
+    retry["source"] = source
     button = el("retry")
     button.textContent = label
     button.hidden = params is None
@@ -46,6 +48,8 @@ def send_job(job_id):
     if job.get("base_latents") is not None:
         message["type"] = "refine"
         message["latents"] = job["base_latents"]
+    if job.get("source") is not None:
+        message["source"] = job["source"]  # copied, not moved: a resend or a retry sends it again
     if job["checkpoint"]:
         step, latents = job["checkpoint"]
         message["resume"] = {"step": step, "latents": latents}
@@ -59,8 +63,9 @@ def resend():
             send_job(job_id)
 
 
-def submit(params, batch=1, base_latents=None, index=1):
-    """Send one request; `index` is its place in a batch of `batch` images."""
+def submit(params, batch=1, base_latents=None, index=1, source=None):
+    """Send one request; `index` is its place in a batch of `batch` images; `source`: the bytes of the picture
+    it starts from (or of the result it upscales)."""
     show_error("")
     set_retry(None, "")
     job_id = new_id()
@@ -68,7 +73,7 @@ def submit(params, batch=1, base_latents=None, index=1):
     size = (int(w), int(h)) if h.isdigit() and w.isdigit() else (64, 64)
     # "asked": when the visitor asked for it, so the caption can say how long they waited.
     jobs[job_id] = {"params": params, "checkpoint": None, "failed": 0, "batch": batch, "size": size,
-                    "base_latents": base_latents, "index": index, "asked": now_ms(), "started": False,
+                    "base_latents": base_latents, "source": source, "index": index, "asked": now_ms(), "started": False,
                     "step_at": []}
     el("cancel").disabled = False
     render_queue()
@@ -167,7 +172,8 @@ def render_queue():
         text = document.createElement("span")
         text.className = "queue-text"  # one line; a long prompt ends in an ellipsis
         state = "Running" if job["started"] else "Queued"
-        text.textContent = f"{state}: {p['prompt']} (seed {p['seed']})"
+        what = f"upscale ×{p['upscale']} of " if p.get("upscale") else ""
+        text.textContent = f"{state}: {what}{p['prompt']} (seed {p['seed']})"
         text.title = p["prompt"][:300]
         button = document.createElement("button")
         button.type = "button"
@@ -193,7 +199,7 @@ def on_device_lost(msg):
         finish(msg.id, "Stopped.")
         show_error("The GPU keeps failing (device lost again while recovering). Close other GPU-heavy tabs "
                    "or restart the browser, then press Retry.")
-        set_retry(params, "Retry")
+        set_retry(params, "Retry", job.get("source"))
     else:
         set_status(msg.message)
     replace_worker()
@@ -208,15 +214,18 @@ def on_error(msg):
         field_error(msg.field, msg.message)
         return
     params = jobs[msg.id]["params"] if msg.id in jobs else None
+    source = jobs[msg.id].get("source") if msg.id in jobs else None
     show_error(msg.message)
     needs_install["model"] = params["model"] if params and " is not installed." in msg.message else None
     finish(msg.id, "Stopped.")
     if msg.kind == "oom":
         offered = getattr(msg, "retry", None)  # none when nothing smaller is left
         if offered:
-            set_retry({"prompt": offered.prompt, "seed": offered.seed, "steps": offered.steps,
-                       "resolution": offered.resolution, "model": offered.model, "memory": offered.memory or ""},
-                      msg.retry_label)
+            kept = {k: getattr(offered, k) for k in ("guidance", "negative_prompt", "strength", "fit", "upscale")
+                    if getattr(offered, k, None) is not None}
+            set_retry(dict(kept, prompt=offered.prompt, seed=offered.seed, steps=offered.steps,
+                           resolution=offered.resolution, model=offered.model, memory=offered.memory or ""),
+                      msg.retry_label, source)
         else:
-            set_retry(params, "Retry")
+            set_retry(params, "Retry", source)
         replace_worker()  # free everything the failed run allocated

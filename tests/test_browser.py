@@ -22,7 +22,7 @@ PIXEL_TOLERANCE = 1
 
 
 def fill(page, prompt=PROMPT, seed="7", steps="2", resolution="64x64"):
-    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Prompt", exact=True).fill(prompt)
     page.get_by_label("Seed", exact=True).fill(seed)
     page.get_by_label("Steps").fill(steps)
     if resolution:  # not before the page is ready: the model's sizes are not listed yet
@@ -196,8 +196,8 @@ def test_page_stays_responsive_while_generating(app):
     steps, finished = counter(app, "steps"), counter(app, "finished")
     app.get_by_role("button", name="Generate").click()
     wait_counter(app, "steps", steps + 1)  # denoising has begun
-    app.get_by_label("Prompt").press_sequentially(" typed")
-    expect(app.get_by_label("Prompt")).to_have_value(PROMPT + " typed")
+    app.get_by_label("Prompt", exact=True).press_sequentially(" typed")
+    expect(app.get_by_label("Prompt", exact=True)).to_have_value(PROMPT + " typed")
     wait_counter(app, "finished", finished + 1)
     expect(app.get_by_role("status")).to_have_text("Done.")
     probe = app.evaluate(STOP_PROBE)

@@ -155,7 +155,7 @@ def test_second_visit_boots_with_the_server_gone(browser, sites, built):
     assert page.workers and page.workers[0].evaluate("self.crossOriginIsolated")
     # still installed, and it generates with no network at all
     expect(row).to_have_attribute("data-state", "installed", timeout=BOOT_TIMEOUT_MS)
-    page.get_by_label("Prompt").fill("a lantern in the fog")
+    page.get_by_label("Prompt", exact=True).fill("a lantern in the fog")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#result")).to_be_visible(timeout=RUN_TIMEOUT_MS)
     assert set(gone.requests) <= {UPDATE_CHECK}, gone.requests

@@ -137,7 +137,7 @@ class Generator:
             height, width = upscaled_size(*picture.size, request.upscale, largest)
             if height * width <= picture.size[0] * picture.size[1]:
                 raise InputError(f"This picture is {picture.size[1]}×{picture.size[0]}; "
-                                 f"{self.models[request.model]['name']} makes nothing larger.", "upscale")
+                                 f"{self.models[request.model]['name']} makes nothing larger.")
             request = replace(request, height=height, width=width)
         pixels = fit(picture, request.height, request.width, request.fit)
         return request, pixels, {"sha256": picture.sha256, "height": picture.size[0], "width": picture.size[1],
@@ -151,7 +151,6 @@ class Generator:
         pixels = origin = None
         if source is not None:
             request, pixels, origin = await self.start_picture(request, source)
-            post({"type": "picture", "id": job_id, "notes": origin["notes"]})
         tiles, parts = parse_memory(raw)
         started = time.perf_counter()
         progress = self.progress = Progress(job_id, self.queue, request.steps, "denoise", parse_preview_every(raw))

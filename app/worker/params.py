@@ -99,7 +99,7 @@ def parse_request(raw: dict, models: dict, picture: bool = False) -> Request:
     allowed = [tuple(r) for r in models[model]["resolutions"]]
     upscale = str(raw.get("upscale") or "") if picture else ""
     if upscale and upscale not in UPSCALES:
-        raise InputError(f"Upscale must be ×{' or ×'.join(UPSCALES)}, not {upscale!r}.", "upscale")
+        raise InputError(f"Upscale must be ×{' or ×'.join(UPSCALES)}, not {upscale!r}.")
     if (height, width) not in allowed and not upscale:  # an upscale's size comes from its picture
         choices = ", ".join(f"{h}x{w}" for h, w in allowed)
         raise InputError(f"{models[model]['name']} cannot make {height}x{width} images. Choose one of: {choices}.", "resolution")

@@ -11,7 +11,7 @@ from ..pipeline.preview import approximate_rgb, half_size, preview_kind
 from .messages import float32_array, image_bitmap, post
 
 # Share of the progress bar given to each stage; denoise is split evenly between its steps.
-STAGES = {"load": (0.0, 0.25), "encode prompt": (0.25, 0.28), "encode image": (0.28, 0.3), "denoise": (0.3, 0.9),
+STAGES = {"load": (0.0, 0.25), "install encoder": (0.2, 0.25), "encode prompt": (0.25, 0.28), "encode image": (0.28, 0.3), "denoise": (0.3, 0.9),
           "refine": (0.3, 0.9), "decode": (0.9, 1.0)}
 
 

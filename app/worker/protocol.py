@@ -15,7 +15,6 @@ Worker -> page:  {type: "ready", models, capabilities, version}
                  {type: "preview", id, step, kind: "approx" | "vae", bitmap (ImageBitmap, transferred)}
                  {type: "result", id, bitmap (ImageBitmap, transferred), backend, timing: {total_ms, preview_ms}}
                  {type: "png", id, png (ArrayBuffer, transferred), filename, parameters}
-                 {type: "picture", id, notes}: the run's picture was read (notes: what was done to it)
                  {type: "picture-checked", id, message ("" when usable), width, height, sha256, notes}
                  {type: "bench", id, step_ms, runs_ms, tier, size, model, presets}
                  {type: "cancelled", id}

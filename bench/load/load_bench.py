@@ -319,7 +319,7 @@ def run(args) -> dict:
             page.get_by_label("Model", exact=True).select_option(MODEL_ID)
             if page.locator("#memory").count():
                 page.locator("#memory").select_option("")
-            page.get_by_label("Prompt").fill("a photo of a cat")
+            page.get_by_label("Prompt", exact=True).fill("a photo of a cat")
             page.get_by_label("Seed", exact=True).fill("7")
             page.get_by_label("Steps").fill(str(args.steps))
             page.get_by_label("Resolution").select_option(args.resolution)
