@@ -3,8 +3,9 @@
     python build.py && python tests/screenshots.py [--out build/screenshots]
 
 Serves build/site (with the tiny test models), drives headless Chromium on SwiftShader WebGPU through a
-first visit (welcome and bench), a refused value, a run's preview, a result, a batch, the gallery viewer
-and the models panel, and writes one PNG per state and width: `<state>-<width>[-dark].png`. Not part of
+first visit (welcome and bench), a refused value, a run's preview, a result (with Upscale), a batch, the
+gallery viewer, the models panel, a picture to start from with guidance and a negative prompt, and a refused
+picture, and writes one PNG per state and width: `<state>-<width>[-dark].png`. Not part of
 the test suite; it prints the files it wrote.
 """
 
@@ -20,7 +21,9 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from conftest import BOOT_TIMEOUT_MS, CHROMIUM_ARGS, RUN_TIMEOUT_MS, SITE, tiny_by_default  # noqa: E402
 from fault_server import make_fault_server  # noqa: E402
+from pictures import encoded, gradient  # noqa: E402
 from test_browser import counter, fill, wait_counter  # noqa: E402
+from test_browser_img2img import give  # noqa: E402
 
 WIDTHS = (1280, 390)
 PROMPT = "a lighthouse at dusk, oil painting"
@@ -65,6 +68,14 @@ def tour(browser, server, out, width, scheme, written):
     page.get_by_role("button", name="Close").click()
     page.get_by_text("Device details", exact=True).click()
     shoot(page.locator(".system"), out, "7-models-and-device", width, scheme, written)
+    give(page, encoded(gradient(96, 128)), "harbour.png")
+    expect(page.locator("#picture-thumb")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    page.get_by_label("Guidance").fill("2.5")
+    page.get_by_label("Negative prompt").fill("blurry, low quality")
+    shoot(page.locator("#controls"), out, "8-picture-and-guidance", width, scheme, written)
+    give(page, b"not a picture", "notes.png")
+    expect(page.locator("#picture-error")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    shoot(page.locator("#picture-area"), out, "9-picture-refused", width, scheme, written)
     context.close()
 
 

@@ -19,6 +19,7 @@ from app.store.png import read_parameters
 from app.worker.picture import decode, fit
 from conftest import BUNDLE, ROOT, RUN_TIMEOUT_MS, run
 from pictures import animated_png, encoded, gradient, huge_png, red_with_profile, transparent_png
+from test_browser_studio import audit
 from test_browser import PIXEL_TOLERANCE, counter, fill, press_and_wait, record, recorded, wait_counter
 
 ADDON = "tiny-sdxl-turbo-vae-encoder"
@@ -135,6 +136,7 @@ def test_each_bad_picture_gets_its_message_and_the_picture_in_use_stays(no_pictu
         expect(error).to_contain_text(message)
         expect(app.locator("#picture-info")).to_contain_text("good.webp, 80×48")  # nothing lost
         expect(app.get_by_label("Start from a picture (optional)")).to_have_attribute("aria-invalid", "true")
+    assert not audit(app, "a picture in use and a refused one")
     give(app, transparent_png(), "see-through.png")
     picked(app, "see-through.png", "80×48")
     expect(error).to_be_hidden()
