@@ -30,10 +30,15 @@ def settings_line(p):
     return f"Seed {p['seed']} · {steps_text(p['steps'])} · {p['height']}x{p['width']} · {p['model']}"
 
 
+OPTIONAL = ("guidance", "negative_prompt", "strength")  # settings only some images have
+
+
 def settings_of(js):
     # Seeds arrive as text: MicroPython reads JS numbers as 32-bit integers.
-    return {"prompt": js.prompt, "seed": js.seed, "steps": int(js.steps), "height": int(js.height),
-            "width": int(js.width), "model": js.model}
+    settings = {"prompt": js.prompt, "seed": js.seed, "steps": int(js.steps), "height": int(js.height),
+                "width": int(js.width), "model": js.model}
+    settings.update({k: getattr(js, k) for k in OPTIONAL if getattr(js, k, None) is not None})
+    return settings
 
 
 def png_url(buffer):
@@ -51,6 +56,10 @@ def item_node(key, item):
     make("img", li, None, src=item["thumb_url"], alt=item["prompt"], data_action="open", draggable="false")
     make("p", li, item["prompt"], id="gallery-prompt-" + key, **{"class": "gallery-prompt"})
     make("p", li, settings_line(item), **{"class": "gallery-meta"})
+    if item["from_size"]:
+        made = make("p", li, f"Made from a {item['from_size']} picture", **{"class": "gallery-meta"})
+        if item["from_key"]:
+            make("button", made, "Show it", type="button", data_action="source", aria_describedby="gallery-prompt-" + key)
     actions = make("div", li, None, **{"class": "gallery-actions"})
     described = "gallery-prompt-" + key  # each button's context, without putting prompts in names
     make("button", actions, "Open", type="button", data_action="open", aria_describedby=described)
@@ -70,6 +79,7 @@ def add_entry(js, first=False):
         return
     item = settings_of(js)
     item["filename"] = js.filename
+    item["from_key"], item["from_size"] = getattr(js, "from_key", ""), getattr(js, "from_size", "")
     item["thumb_url"] = png_url(js.thumb)
     items[key] = item
     ul = el("gallery-list")
@@ -226,11 +236,20 @@ def delete_item(key):
 
 
 def use_item(key):
-    state["apply"](dict((k, items[key][k]) for k in ("prompt", "seed", "steps", "height", "width", "model")), "")
+    keys = ("prompt", "seed", "steps", "height", "width", "model") + OPTIONAL
+    state["apply"](dict((k, items[key][k]) for k in keys if k in items[key]), "")
+
+
+def source_item(key):
+    """Open the picture an image was made from, while the gallery keeps it."""
+    if items[key]["from_key"] in items:
+        open_item(items[key]["from_key"])
+    else:
+        note("The picture it was made from is not in this list (deleted, or outside the search).")
 
 
 ACTIONS = {"open": open_item, "compare": compare_item, "download": download_item, "delete": delete_item,
-           "use": use_item}
+           "use": use_item, "source": source_item}
 
 
 def on_list_click(event):

@@ -84,7 +84,19 @@ def test_entries_carry_the_settings_with_the_seed_as_text():
     r = record("<b>x</b>", CREATED)
     e = gallery.entry(r)
     assert e == {"key": r["key"], "prompt": "<b>x</b>", "seed": "4294967295", "steps": 2, "height": 64, "width": 96,
-                 "model": "tiny-sdxl-turbo", "filename": "tiny-sdxl-turbo_20251124-160000_4294967295.png"}
+                 "model": "tiny-sdxl-turbo", "filename": "tiny-sdxl-turbo_20251124-160000_4294967295.png",
+                 "from_key": "", "from_size": ""}
+
+
+def test_an_image_made_from_a_picture_names_it_while_the_gallery_keeps_it():
+    picture = gallery.make_record("1764000000000-aaaaaa", CREATED, record("a", CREATED)["parameters"], "ab" * 32)
+    made = record("b", CREATED + 1)
+    made["parameters"].update(source={"sha256": "ab" * 32, "height": 64, "width": 96}, strength=0.5, guidance=2.5,
+                              negative_prompt="blurry")
+    e = gallery.entry(made, [picture, made])
+    assert (e["from_key"], e["from_size"]) == ("1764000000000-aaaaaa", "96x64")
+    assert (e["strength"], e["guidance"], e["negative_prompt"]) == (0.5, 2.5, "blurry")
+    assert gallery.entry(made, [made])["from_key"] == ""  # deleted since: only its size is known
 
 
 def test_thumbnail_is_small_png_with_the_aspect_kept():

@@ -17,7 +17,9 @@ Worker -> page:  {type: "gallery-items", query, entries, total}     newest first
                  {type: "gallery-deleted", key}
                  {type: "gallery-settings", parameters, message, source}
                  {type: "gallery-error", key, message}
-entry = {key, prompt, seed, steps, height, width, model, filename, thumb (ArrayBuffer)}.
+entry = {key, prompt, seed, steps, height, width, model, filename, thumb (ArrayBuffer), from_key, from_size, and
+guidance, negative_prompt, strength when the image has them}: from_size is the "WxH" of the picture an image was
+made from ("" for none), from_key that picture's gallery key while it is kept ("" otherwise).
 gallery-settings: source "lantern" (a Lantern PNG) comes with every setting; "a1111" or "invokeai" (a
 PNG from Automatic1111 or InvokeAI) with only those found and valid, height and width together or not
 at all; a refused file with parameters {}, source "" and a message, which is "" otherwise.
@@ -28,6 +30,7 @@ Only the functions at the bottom touch the browser; the rest is plain Python, te
 """
 
 import asyncio
+import hashlib
 import io
 import json
 import re
@@ -87,8 +90,10 @@ def checked_parameters(parameters):
     return parameters
 
 
-def make_record(key: str, created_ms: int, parameters: dict) -> dict:
-    return {"key": key, "created": created_ms, "parameters": parameters}
+def make_record(key: str, created_ms: int, parameters: dict, png_sha256: str = "") -> dict:
+    """The .json of an image; `png_sha256` (its PNG's) lets an image made from it name it as its source."""
+    record = {"key": key, "created": created_ms, "parameters": parameters}
+    return dict(record, sha256=png_sha256) if png_sha256 else record
 
 
 def parse_record(text):
@@ -145,10 +150,20 @@ def partial_settings(found: dict) -> dict:
     return kept
 
 
-def entry(record: dict) -> dict:
+def source_of(record: dict, records) -> dict:
+    """What an image made from a picture says of it: the picture's size, and its gallery key while the gallery
+    still keeps it (matched by the PNG's sha256, which the image records instead of the picture)."""
+    source = record["parameters"].get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("sha256"), str):
+        return {"from_key": "", "from_size": ""}
+    key = next((r["key"] for r in records if r.get("sha256") == source["sha256"]), "")
+    return {"from_key": key, "from_size": f"{source.get('width')}x{source.get('height')}"}
+
+
+def entry(record: dict, records=()) -> dict:
     """A list entry for the page, without its thumbnail."""
     return dict(page_settings(record["parameters"]), key=record["key"],
-                filename=download_name(record["parameters"], record["created"]))
+                filename=download_name(record["parameters"], record["created"]), **source_of(record, records))
 
 
 def make_thumbnail(png: bytes, size: int = THUMB_SIZE) -> bytes:
@@ -279,22 +294,23 @@ async def _thumb(folder, key):
     return _thumbs[key]
 
 
-def _with_thumb(record, thumb: bytes):
+def _with_thumb(record, thumb: bytes, records):
     data = js_bytes(thumb)
-    return dict(entry(record), thumb=data.buffer), data.buffer
+    return dict(entry(record, records), thumb=data.buffer), data.buffer
 
 
 async def _list(msg, post):
     folder = await _folder()
     query = str(msg.get("query") or "")
-    chosen, total = select(await _records_in(folder), query)
+    records = await _records_in(folder)
+    chosen, total = select(records, query)
     entries, buffers = [], []
     for record in chosen:
         try:
-            item, buffer = _with_thumb(record, await _thumb(folder, record["key"]))
+            item, buffer = _with_thumb(record, await _thumb(folder, record["key"]), records)
         except Exception:  # a lost thumbnail should not hide the image: remake it from the PNG
             _thumbs[record["key"]] = make_thumbnail(await _read(folder, record["key"] + ".png"))
-            item, buffer = _with_thumb(record, _thumbs[record["key"]])
+            item, buffer = _with_thumb(record, _thumbs[record["key"]], records)
         entries.append(item)
         buffers.append(buffer)
     post({"type": "gallery-items", "query": query, "entries": entries, "total": total}, transfer=buffers)
@@ -349,7 +365,7 @@ async def autosave(job_id, png: bytes, parameters: dict, post):
     try:
         created = int(time.time() * 1000)
         key = new_key(created, secrets.token_hex(3))
-        record = make_record(key, created, parameters)
+        record = make_record(key, created, parameters, hashlib.sha256(png).hexdigest())
         thumb = make_thumbnail(png)
         async with _lock:
             folder = await _folder()
@@ -357,7 +373,7 @@ async def autosave(job_id, png: bytes, parameters: dict, post):
             await _write(folder, key + ".thumb.png", thumb)
             await _write(folder, key + ".json", json.dumps(record, ensure_ascii=False).encode())
         _records[key], _thumbs[key] = record, thumb
-        item, buffer = _with_thumb(record, thumb)
+        item, buffer = _with_thumb(record, thumb, list(_records.values()))
         post({"type": "gallery-saved", "id": job_id, "entry": item}, transfer=[buffer])
     except Exception as e:
         traceback.print_exc()
