@@ -190,6 +190,13 @@ def test_upscale_doubles_a_result_and_cancel_stops_it(no_picture, cpu_img2img, m
                                                  encode_tile=tile, decode_tile=tile)))
     assert np.abs(pixels(big) - expected).max() <= PIXEL_TOLERANCE
 
+    # The gallery says what it was made from, and shows that picture (kept there too: auto-save is on).
+    newest = app.locator("#gallery-list > li").first
+    expect(newest).to_contain_text("Made from a 64x64 picture")
+    newest.get_by_role("button", name="Show it").click()
+    expect(app.locator("#gallery-viewer-meta")).to_have_text("Seed 44 · 1 step · 64x64 · tiny-sdxl-turbo")
+    app.get_by_role("button", name="Close").click()
+
     # 128 is the tiny model's largest size: nothing larger is made, and it says so.
     app.get_by_role("button", name="Upscale ×1.5").click()
     expect(app.get_by_role("alert")).to_have_text(
