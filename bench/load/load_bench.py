@@ -211,6 +211,40 @@ def models_folder(work: Path, site_root: Path, bundle: Path) -> Path:
 
 
 # ---------------------------------------------------------------- the run
+def follow(page, procs, start, timeout, crashed=(), stop_at=None, label=""):
+    """Run `start()` (a click that starts one job) and follow the app worker's messages until its result or
+    error: (events, peaks per stage, the last stage, the ending message). `stop_at`: end at that stage."""
+    seen = len(page.evaluate("window.__lb"))
+    procs.peaks()
+    peaks_at: dict[str, dict] = {}
+    events, current, end = [], "(before load)", None
+    t0 = time.time()
+    start()
+    while time.time() - t0 < timeout and not crashed and end is None:
+        try:
+            new = page.evaluate(f"window.__lb.slice({seen})")
+        except Exception as e:  # noqa: BLE001  (the page crashed or closed)
+            return events, peaks_at, current, {"type": "exception", "message": str(e)}
+        for e in new:
+            seen += 1
+            if e["type"] == "progress" and e["stage"] == current:
+                continue
+            stamp = procs.peaks()
+            old = peaks_at.get(current, {})
+            peaks_at[current] = {k: max(v, old.get(k, 0)) for k, v in stamp.items()}
+            events.append(e)
+            if e["type"] == "progress":
+                current = e["stage"]
+                print(f"  {label}{time.time() - t0:7.1f} s  {e['stage']}", flush=True)
+                if current == stop_at:
+                    end = {"type": "load-only", "message": f"stopped at {stop_at}"}
+            elif e["type"] in ("result", "error"):
+                end = e
+                print(f"  {label}{time.time() - t0:7.1f} s  {e['type']} {e.get('message') or ''}", flush=True)
+        time.sleep(0.1)
+    return events, peaks_at, current, end
+
+
 def stage_table(events, peaks_at, t_end):
     """Rows (stage, seconds, peaks) from the recorded worker messages of the generate job."""
     rows = []
@@ -323,38 +357,10 @@ def run(args) -> dict:
             page.get_by_label("Seed", exact=True).fill("7")
             page.get_by_label("Steps").fill(str(args.steps))
             page.get_by_label("Resolution").select_option(args.resolution)
-            seen = len(page.evaluate("window.__lb"))
-            procs.peaks()
-            peaks_at: dict[str, dict] = {}
-            current = "(before load)"
             t_click = time.time()
-            page.get_by_role("button", name="Generate", exact=True).click()
-            events, end = [], None
-            while time.time() - t_click < args.timeout and not crashed:
-                try:
-                    new = page.evaluate(f"window.__lb.slice({seen})")
-                except Exception as e:  # noqa: BLE001  (the page crashed or closed)
-                    end = {"type": "exception", "message": str(e)}
-                    break
-                for e in new:
-                    seen += 1
-                    if e["type"] == "progress" and e["stage"] == current:
-                        continue
-                    stamp = procs.peaks()
-                    old = peaks_at.get(current, {})
-                    peaks_at[current] = {k: max(v, old.get(k, 0)) for k, v in stamp.items()}
-                    events.append(e)
-                    if e["type"] == "progress":
-                        current = e["stage"]
-                        print(f"  {time.time() - t_click:7.1f} s  {e['stage']}", flush=True)
-                        if args.load_only and current == "encode prompt":  # every session is created
-                            end = {"type": "load-only", "message": "stopped after the load (--load-only)"}
-                    elif e["type"] in ("result", "error"):
-                        end = e
-                        print(f"  {time.time() - t_click:7.1f} s  {e['type']} {e.get('message') or ''}", flush=True)
-                if end:
-                    break
-                time.sleep(0.1)
+            events, peaks_at, current, end = follow(page, procs, lambda: page.get_by_role(
+                "button", name="Generate", exact=True).click(), args.timeout, crashed,
+                "encode prompt" if args.load_only else None)  # --load-only: every session is created by then
             t_end = time.time() * 1000
             if current not in peaks_at or end is None or end.get("type") == "exception":
                 peaks_at[current] = procs.peaks()

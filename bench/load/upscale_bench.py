@@ -138,26 +138,10 @@ def run(args) -> dict:
             page.get_by_label("Resolution").select_option("512x512")
             page.get_by_label("Preview every").fill("0")
             for name, button in (("generate 512x512", "Generate"), ("upscale x2 to 1024x1024", "Upscale ×2")):
-                seen = len(page.evaluate("window.__lb"))
-                procs.peaks()
-                peaks_at, events, current, end = {}, [], "(queued)", None
                 t0 = time.time()
-                page.get_by_role("button", name=button, exact=True).click()
-                while time.time() - t0 < args.timeout and end is None:
-                    for e in page.evaluate(f"window.__lb.slice({seen})"):
-                        seen += 1
-                        if e["type"] == "progress" and e["stage"] == current:
-                            continue
-                        stamp = procs.peaks()
-                        old = peaks_at.get(current, {})
-                        peaks_at[current] = {k: max(v, old.get(k, 0)) for k, v in stamp.items()}
-                        events.append(e)
-                        if e["type"] == "progress":
-                            current = e["stage"]
-                            print(f"  {name}: {time.time() - t0:7.1f} s  {current}", flush=True)
-                        elif e["type"] in ("result", "error"):
-                            end = e
-                    time.sleep(0.2)
+                events, peaks_at, _, end = load_bench.follow(
+                    page, procs, lambda: page.get_by_role("button", name=button, exact=True).click(), args.timeout,
+                    label=f"{name}: ")
                 result["runs"].append({"run": name, "worked": bool(end and end["type"] == "result"),
                                        "error": (end or {}).get("message"), "seconds": round(time.time() - t0, 1),
                                        "stages": load_bench.stage_table(events, peaks_at, time.time() * 1000)})
