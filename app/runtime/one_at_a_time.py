@@ -9,10 +9,11 @@ interface of `interface.py`, and the same inputs give the same outputs.
 
 
 class OneAtATime:
-    def __init__(self, runtime):
+    def __init__(self, runtime, beside=None):
+        """`beside`: another OneAtATime (the model an add-on serves) whose one live session this one shares."""
         self.runtime = runtime
         self.name = f"{runtime.name}, one part at a time"
-        self.live = None  # the _Part whose session holds memory now
+        self.slot = beside.slot if beside is not None else _Slot()
 
     async def read_json(self, path):
         return await self.runtime.read_json(path)
@@ -27,9 +28,13 @@ class OneAtATime:
         return part
 
     def release(self):
-        if self.live is not None:
-            self.live.close()
+        if self.slot.live is not None and self.slot.live.owner is self:
+            self.slot.live.close()
         self.runtime.release()
+
+
+class _Slot:
+    live = None  # the _Part whose session holds memory now
 
 
 class _Part:
@@ -40,19 +45,20 @@ class _Part:
         self.session = None
 
     async def open(self):
-        if self.owner.live is not None and self.owner.live is not self:
-            self.owner.live.close()
+        slot = self.owner.slot
+        if slot.live is not None and slot.live is not self:
+            slot.live.close()
         if self.session is None:
             self.session = await self.owner.runtime.session(self.path, self.free_dimensions)
             self.inputs, self.output_names = self.session.inputs, self.session.output_names
-        self.owner.live = self
+        slot.live = self
 
     def close(self):
         if self.session is not None:
             self.session.release()
             self.session = None
-        if self.owner.live is self:
-            self.owner.live = None
+        if self.owner.slot.live is self:
+            self.owner.slot.live = None
 
     async def run(self, feeds, output_names):
         await self.open()

@@ -127,7 +127,7 @@ class Generator:
             await self.installer.ensure(encoder_id)
         files = await self.installer.files_for_loading(encoder_id)
         runtime = WebRuntime(files, self.caps["backend"], entry.get("external_data_chunk_bytes", DEFAULT_CHUNK_BYTES))
-        await pipe.load_encoder(OneAtATime(runtime) if one_part_at_a_time else runtime, on_stage)
+        await pipe.load_encoder(OneAtATime(runtime, beside=pipe.runtime) if one_part_at_a_time else runtime, on_stage)
 
     async def start_picture(self, request, source):
         """(the request with an upscale's size, the picture fitted to its size, what the PNG records of it)."""
@@ -168,19 +168,22 @@ class Generator:
                                     on_stage=progress.on_stage, on_step=progress.on_step, resume=resume,
                                     decode_tile=tile, image=pixels, strength=request.strength, encode_tile=tile,
                                     guidance_scale=request.guidance, negative_prompt=request.negative_prompt)
-        parameters = dict(request.as_dict(), model_sha256=bundle_sha256(self.models[request.model]),
-                          app_version=__version__)
-        parameters = {k: v for k, v in parameters.items() if v not in (None, "")}
+        await self.deliver(job_id, image, self.recorded(request, origin), request, started, progress.preview_ms, raw)
+
+    def recorded(self, request, origin):
+        """What a run's PNG records: the settings that made it (none that it did not use) and, for a run from a
+        picture, the picture's sha256 and size."""
+        parameters = {k: v for k, v in request.as_dict().items() if v not in (None, "")}
+        parameters.update(model_sha256=bundle_sha256(self.models[request.model]), app_version=__version__)
         if request.guidance <= 1:
-            parameters.pop("guidance")
-        if origin is None:
-            parameters.pop("fit")
-        else:
+            del parameters["guidance"]
+        if origin is None or request.upscale:
+            del parameters["fit"]
+        if origin is not None:
             parameters["source"] = {k: origin[k] for k in ("sha256", "height", "width")}
-            if request.upscale:
-                parameters.update(upscale=request.upscale, hires_steps=request.steps)
-                parameters.pop("fit")
-        await self.deliver(job_id, image, parameters, request, started, progress.preview_ms, raw)
+        if request.upscale:
+            parameters["hires_steps"] = request.steps
+        return parameters
 
     async def refine(self, job_id, raw, resume, base_latents):
         """The refiner's img2img pass over a base result's final latents (sent back by the page)."""
