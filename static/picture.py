@@ -115,6 +115,8 @@ def on_drag(event):
 
 def on_paste(event):
     data = event.clipboardData
+    if data and data.types.includes("text/plain") and event.target.tagName in ("TEXTAREA", "INPUT"):
+        return  # text pasted into a field stays text, even when the clipboard also holds a picture
     file = first_image(data.files) if data and data.files.length else None
     if file is not None and (file.type in TYPES or file.type.startswith("image/")):
         event.preventDefault()
