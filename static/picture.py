@@ -11,7 +11,7 @@ MAX_BYTES = 100 * 2**20  # as the worker's app/worker/picture.py
 TYPES = ("image/png", "image/jpeg", "image/webp")
 
 picture = {"bytes": None, "url": None, "asked": None}  # the picture in use; "asked": (id, bytes, name) being checked
-state = {"models": None, "state_of": None, "on_change": None}
+state = {"on_change": None}  # what a usable picture tells the form (its size)
 
 
 def source():

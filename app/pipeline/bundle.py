@@ -1,6 +1,6 @@
 """What SDXL-Turbo and the SDXL refiner share: loading a bundle's tokenizers, sessions and scheduler
-config through a runtime, the penultimate hidden state SDXL conditions on, the latent shape and the
-VAE decode."""
+config through a runtime, the penultimate hidden state SDXL conditions on, the latent shape, the UNet call
+(with classifier-free guidance), and the VAE: decode, and encode through an add-on's encoder, whole or tiled."""
 
 import re
 
@@ -59,7 +59,7 @@ class SDXLBundle:
         self.schedule_config = schedule_config
         self.vae_scaling_factor = float(entry.get("vae_scaling_factor", 0.13025))
         self.vae_scale_factor = int(entry.get("vae_scale_factor", 8))
-        self.encoder_runtime = self.vae_encoder = None  # image to image's add-on, once loaded
+        self.encoder_runtime = self.vae_encoder = self.encoder_output = None  # image to image's add-on, once loaded
 
     @classmethod
     async def load(cls, runtime, entry, on_stage=None):
