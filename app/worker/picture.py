@@ -18,7 +18,6 @@ from .params import InputError
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
 MAX_PIXELS = 50_000_000  # a 50 MP photo; decoded, 200 MB of RGBA in the worker
 MAX_BYTES = 100 * 2**20
-FITS = ("crop", "pad")
 BACKGROUND = (255, 255, 255)  # under transparent parts
 
 
