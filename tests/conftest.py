@@ -81,6 +81,23 @@ def cpu_pipeline(manifest_entry):
     return run(SDXLTurbo.load(OrtRuntime(BUNDLE), manifest_entry))
 
 
+ENCODER_DOWNLOAD = ROOT / "models" / "tiny-sdxl-turbo-vae-encoder" / "onnx" / "vae_encoder_model.onnx"
+
+
+@pytest.fixture(scope="session")
+def encoder_bundle(tmp_path_factory):
+    """The tiny image-to-image add-on as an install leaves it: the encoder cut to its mean."""
+    from app.onnx.mean import mean_output
+    from app.pipeline.bundle import ENCODER_PATH
+
+    folder = tmp_path_factory.mktemp("encoder")
+    (folder / ENCODER_PATH).parent.mkdir(parents=True)
+    cut, changed = mean_output(ENCODER_DOWNLOAD.read_bytes())
+    assert changed
+    (folder / ENCODER_PATH).write_bytes(cut)
+    return folder
+
+
 # --- browser side -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

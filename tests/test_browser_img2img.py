@@ -11,13 +11,12 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from app.onnx.mean import mean_output
-from app.pipeline.bundle import ENCODER_PATH, to_uint8
+from app.pipeline.bundle import to_uint8
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
 from app.store.png import read_parameters
 from app.worker.picture import decode, fit
-from conftest import BUNDLE, ROOT, RUN_TIMEOUT_MS, run
+from conftest import BUNDLE, RUN_TIMEOUT_MS, run
 from pictures import animated_png, encoded, gradient, huge_png, red_with_profile, transparent_png
 from test_browser_studio import audit
 from test_browser import PIXEL_TOLERANCE, counter, fill, press_and_wait, record, recorded, wait_counter
@@ -59,15 +58,10 @@ def pixels(png):
 
 
 @pytest.fixture(scope="module")
-def cpu_img2img(manifest_entry, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("encoder")
-    (folder / ENCODER_PATH).parent.mkdir(parents=True)
-    (folder / ENCODER_PATH).write_bytes(mean_output((ROOT / "models" / ADDON / "onnx" / "vae_encoder_model.onnx")
-                                                    .read_bytes())[0])
-
+def cpu_img2img(manifest_entry, encoder_bundle):
     async def load():
         pipe = await SDXLTurbo.load(OrtRuntime(BUNDLE), manifest_entry)
-        await pipe.load_encoder(OrtRuntime(folder))
+        await pipe.load_encoder(OrtRuntime(encoder_bundle))
         return pipe
     return run(load())
 

@@ -10,27 +10,15 @@ from app.onnx.mean import MEAN, mean_output
 from app.pipeline.bundle import ENCODER_PATH
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
-from conftest import BUNDLE, REFERENCE, ROOT, assert_close, run
+from conftest import BUNDLE, REFERENCE, assert_close, run
 
-ADDON = ROOT / "models" / "tiny-sdxl-turbo-vae-encoder"
-DOWNLOADED = ADDON / "onnx" / "vae_encoder_model.onnx"
+from conftest import ENCODER_DOWNLOAD as DOWNLOADED
 
 
 @pytest.fixture(scope="module")
 def img2img_reference():
     with np.load(REFERENCE / "img2img.npz") as data:
         return json.loads((REFERENCE / "img2img.json").read_text())["cases"], dict(data)
-
-
-@pytest.fixture(scope="module")
-def encoder_bundle(tmp_path_factory):
-    """The add-on as an install leaves it: the encoder cut to its mean."""
-    folder = tmp_path_factory.mktemp("encoder")
-    (folder / ENCODER_PATH).parent.mkdir(parents=True)
-    cut, changed = mean_output(DOWNLOADED.read_bytes())
-    assert changed
-    (folder / ENCODER_PATH).write_bytes(cut)
-    return folder
 
 
 @pytest.fixture(scope="module")

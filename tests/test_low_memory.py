@@ -37,24 +37,17 @@ def test_one_part_at_a_time_gives_the_same_image_with_one_session_alive(manifest
     assert all(x._session is None for x in runtime._sessions)
 
 
-def test_the_image_to_image_encoder_shares_the_one_live_session(manifest_entry, cpu_pipeline, tmp_path):
+def test_the_image_to_image_encoder_shares_the_one_live_session(manifest_entry, cpu_pipeline, encoder_bundle):
     """The add-on's runtime is another OneAtATime beside the model's: still one session alive across both."""
-    from app.onnx.mean import mean_output
-    from app.pipeline.bundle import ENCODER_PATH
-    from conftest import ROOT
-
-    (tmp_path / ENCODER_PATH).parent.mkdir(parents=True)
-    source = ROOT / "models" / "tiny-sdxl-turbo-vae-encoder" / "onnx" / "vae_encoder_model.onnx"
-    (tmp_path / ENCODER_PATH).write_bytes(mean_output(source.read_bytes())[0])
     model = Counting(BUNDLE)
-    encoder = Counting(tmp_path, model.peers)
+    encoder = Counting(encoder_bundle, model.peers)
     pipe = run(SDXLTurbo.load(OneAtATime(model), manifest_entry))
     run(pipe.load_encoder(OneAtATime(encoder, beside=pipe.runtime)))
     picture = (np.random.default_rng(0).uniform(0, 255, (64, 64, 3))).astype(np.uint8)
     image = run(pipe.generate("a photo of a cat", 7, 2, 64, 64, image=picture, strength=0.5))
     assert model.most_alive == encoder.most_alive == 1 and encoder.created == 2  # at load, then for its run
     plain = run(SDXLTurbo.load(OrtRuntime(BUNDLE), manifest_entry))
-    run(plain.load_encoder(OrtRuntime(tmp_path)))
+    run(plain.load_encoder(OrtRuntime(encoder_bundle)))
     np.testing.assert_array_equal(image, run(plain.generate("a photo of a cat", 7, 2, 64, 64, image=picture,
                                                             strength=0.5)))
     pipe.release()
