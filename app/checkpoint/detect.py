@@ -1,0 +1,176 @@
+"""What a checkpoint holds, told from its tensors' names and shapes, and the plan that converts it.
+
+A single file (A1111/ComfyUI) uses SGM names; a diffusers folder gives one file per part. Either way
+the UNet decides the kind: SDXL base-shaped (base, Turbo, Lightning and their fine-tunes) or the SDXL
+refiner, whichever template its every tensor fits; other architectures are named and refused.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from . import keys
+from .fill import Target, targets
+from .keys import Source
+from .safetensors import CheckpointError, Header
+
+SINGLE = "checkpoint"  # the file id of a single-file checkpoint
+DIFFUSERS_FILES = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2",
+                   "vae_decoder": "vae", "vae_encoder": "vae"}
+NAMES = {"unet": "SDXL UNet", "refiner_unet": "SDXL refiner UNet", "text_encoder": "CLIP-L",
+         "text_encoder_2": "bigG", "vae_decoder": "VAE"}
+PARTS = {"sdxl": ("unet", "text_encoder", "text_encoder_2", "vae_decoder"),
+         "sdxl-refiner": ("refiner_unet", "text_encoder_2", "vae_decoder")}
+
+
+@dataclass
+class Found:
+    kind: str                 # "sdxl" or "sdxl-refiner"
+    family: str               # the templates it fits
+    parts: tuple              # the parts converted (vae_decoder is absent when the checkpoint has no VAE)
+    plan: dict                # (file, source key) -> [(Target, Source)]
+    dtypes: str
+    size: int
+    own_vae: bool
+    targets: dict = field(default_factory=dict)  # part -> {key: Target}
+
+    def describe(self) -> str:
+        names = [NAMES[p] for p in self.parts]
+        vae = "" if self.own_vae else " (no VAE inside: SDXL's VAE will be used)"
+        return f"{' + '.join(names)}, {self.dtypes.lower()}, {self.size / 1e9:.2f} GB{vae}"
+
+
+def _unet_key(single: bool, key: str) -> str:
+    return keys.UNET_PREFIX + key if single else key
+
+
+def _refuse_other_architectures(names: set, header_of, single: bool) -> None:
+    if any(n.startswith(("lora_", "lora_unet")) or ".lora_" in n or ".lora." in n for n in names):
+        raise CheckpointError("this is a LoRA (a patch for a model), not a whole checkpoint.")
+    unet = [n for n in names if n.startswith(keys.UNET_PREFIX)] if single else list(names)
+    if not unet:
+        what = "only a VAE" if any(n.startswith(("first_stage_model.", "decoder.", "encoder.")) for n in names) \
+            else "no diffusion model"
+        raise CheckpointError(f"this file holds {what}: a checkpoint with an SDXL UNet is needed.")
+    prefix = keys.UNET_PREFIX if single else ""
+    if any(n.startswith(prefix + "joint_blocks.") for n in unet):
+        raise CheckpointError("this is a Stable Diffusion 3 checkpoint; only SDXL checkpoints can be imported.")
+    if any(n.startswith(tuple(prefix + b for b in ("double_blocks.", "transformer_blocks.", "single_blocks.")))
+           for n in unet):
+        raise CheckpointError("this is a Flux or other transformer checkpoint; only SDXL checkpoints can be imported.")
+    added = prefix + ("label_emb.0.0.weight" if single else "add_embedding.linear_1.weight")
+    if added not in names:
+        context = None
+        for n in unet:
+            if re.search(r"attn2\.to_k\.weight$", n):
+                context = header_of(n).shape[1]
+                break
+        version = {768: "Stable Diffusion 1.x", 1024: "Stable Diffusion 2.x"}.get(context, "a non-SDXL")
+        raise CheckpointError(f"this is {version} checkpoint (its UNet has no SDXL size and text conditioning); "
+                              "only SDXL checkpoints can be imported.")
+
+
+def _layout(unet: dict, vae: dict) -> dict:
+    downs = {int(m[1]) for k in unet if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k))}
+    ups = {int(m[1]) for k in unet if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))}
+    levels = {int(m[1]) for k in vae if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k))}
+    return {"layers": len(downs), "attention_blocks": ups, "vae_blocks": len(levels)}
+
+
+def _sources(part: str, part_targets: dict, single: bool, layout: dict) -> dict:
+    if single:
+        return keys.single_file_sources("unet" if part.endswith("unet") else part, part_targets, layout)
+    return {k: Source(k) for k in part_targets}
+
+
+def _fits(target: Target, source: Source, tensor) -> bool:
+    if tensor is None:
+        return False
+    shape = list(tensor.shape)
+    if source.rows:
+        shape[0] //= source.rows[1]
+    if source.transpose:
+        shape = shape[::-1]
+    if source.flatten:
+        shape = [shape[0], tensor_count(shape) // shape[0]]
+    count = 1
+    for d in shape:
+        count *= d
+    if target.kind == "float":
+        want = 1
+        for d in target.dims:
+            want *= d
+        return count == want
+    n, blocks, _ = target.dims
+    return len(shape) == 2 and shape[0] == n and (blocks - 1) * 32 < shape[1] <= blocks * 32
+
+
+def tensor_count(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def _text_layout(names: set) -> dict:
+    out = {}
+    for i in range(4):
+        if f"{keys.EMBEDDERS}{i}.transformer.text_model.embeddings.token_embedding.weight" in names:
+            out["text_encoder"] = i
+        if f"{keys.EMBEDDERS}{i}.model.token_embedding.weight" in names:
+            out["text_encoder_2"] = i
+    return out
+
+
+def detect(headers: dict, templates: dict) -> Found:
+    """headers: {SINGLE: Header} or {diffusers folder part: Header}; templates: {family: {part: bytes}}."""
+    single = SINGLE in headers
+
+    def file_of(part):
+        return SINGLE if single else DIFFUSERS_FILES[part]
+
+    def tensor(part, key):
+        header = headers.get(file_of(part))
+        if header is None:
+            return None
+        return header.tensors.get(key) or (header.tensors.get(key.removeprefix("text_model."))
+                                           if part == "text_encoder" and not single else None)
+
+    unet_file = headers.get(SINGLE if single else "unet")
+    if unet_file is None:
+        raise CheckpointError("the folder has no unet/diffusion_pytorch_model.safetensors.")
+    _refuse_other_architectures(set(unet_file.tensors), lambda n: unet_file.tensors[n], single)
+    names = set().union(*(h.tensors for h in headers.values()))
+    text = _text_layout(names) if single else {}
+    refused = []
+    for family, parts in sorted(templates.items()):
+        all_targets = {part: targets(part, raw) for part, raw in parts.items()}
+        layout = _layout(all_targets.get("unet", {}), all_targets.get("vae_decoder", {})) | text
+        for kind, wanted in PARTS.items():
+            plan, fits, own_vae = {}, True, True
+            for part in wanted:
+                part_layout = layout | (_layout(all_targets[part], all_targets["vae_decoder"]) if part.endswith("unet") else {})
+                if part.startswith("text") and single and part not in text:
+                    fits = False
+                    break
+                sources = _sources(part, all_targets[part], single, part_layout)
+                checks = [(t, sources[k], tensor(part, sources[k].key)) for k, t in all_targets[part].items()]
+                if part == "vae_decoder" and all(found is None for _, _, found in checks):
+                    own_vae = False
+                    continue
+                if not all(_fits(t, s, found) for t, s, found in checks):
+                    fits = False
+                    break
+                for t, s, found in checks:
+                    plan.setdefault((file_of(part), found.name), []).append((t, s))
+            if fits:
+                used = [p for p in wanted if own_vae or p != "vae_decoder"]
+                floats = {headers[f].tensors[k].dtype for f, k in plan}
+                return Found(kind, family, tuple(used), plan, "/".join(sorted(floats)),
+                             sum(h.size for h in headers.values()), own_vae,
+                             {p: all_targets[p] for p in used})
+            refused.append(kind)
+    unet_tensors = [t for n, t in unet_file.tensors.items() if n.endswith("conv_in.weight") or
+                    n.endswith("input_blocks.0.0.weight")]
+    width = unet_tensors[0].shape[0] if unet_tensors else "?"
+    raise CheckpointError(f"this SDXL-like checkpoint (UNet width {width}) does not fit the model shapes this app "
+                          "can build (SDXL base, Turbo, Lightning and fine-tunes, or the SDXL refiner).")

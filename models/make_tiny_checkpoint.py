@@ -1,0 +1,410 @@
+#!/usr/bin/env python3
+"""Build the graph templates and a tiny SDXL checkpoint in both layouts, for importing checkpoints.
+
+Run from the repository root, after models/make_tiny_sdxl_turbo.py and make_tiny_sdxl_refiner.py (same heavy
+dependencies: torch, diffusers, transformers, onnx, onnxruntime):
+
+    python models/make_tiny_checkpoint.py
+
+It rebuilds the tiny SDXL-Turbo's and the tiny refiner's torch modules from their seeds, rounds every weight to
+fp16 (what checkpoints hold), and writes:
+    models/templates/tiny-sdxl/<part>.onnx
+        the graph of each part with no weights: every weight initializer is named after its diffusers key and
+        points at its byte range of model.onnx_data. Every MatMul over a linear weight is MatMulNBits (4-bit,
+        block 32, symmetric, float32 scales: slots `<key>` and `<key>.scales`); everything else is float32.
+        Parts: unet, refiner_unet, text_encoder (CLIP-L), text_encoder_2 (bigG with projection),
+        vae_decoder, vae_encoder (the latent distribution's mean, `latent_mean`).
+    models/tiny-sdxl-checkpoint/
+        diffusers/{unet,text_encoder,text_encoder_2,vae}/...safetensors   the diffusers-format layout
+        tiny-sdxl.safetensors           the same weights in the single-file (A1111/ComfyUI, SGM) layout
+        tiny-sdxl-refiner.safetensors   the tiny refiner (UNet, bigG, VAE), single file
+        reference.json, reference.npz   diffusers' pictures from these weights (the parity oracle)
+The single files are written by app/checkpoint/keys.py's rules in reverse, then read back by diffusers' own
+single-file loader, which must give the same state dicts. The output is deterministic.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "models"))
+import make_tiny_sdxl_turbo as base  # noqa: E402
+
+from app.checkpoint import keys  # noqa: E402
+from app.checkpoint.templates import BLOCK_SIZE, SYMMETRIC  # noqa: E402
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "models", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+refiner = _load("make_tiny_sdxl_refiner")
+
+TEMPLATES = os.path.join(ROOT, "models", "templates", "tiny-sdxl")
+OUT = os.path.join(ROOT, "models", "tiny-sdxl-checkpoint")
+# (prompt, seed, steps, height, width)
+CASES = [("a photo of a cat", 42, 2, 64, 64), ("a red fox in the snow", 7, 1, 64, 96)]
+
+
+def state(module) -> dict:
+    """diffusers/transformers keys as the published files name them (CLIP-L under `text_model.`, as
+    transformers 4 saved it; transformers 5 drops that level in memory)."""
+    from transformers import CLIPTextModel
+
+    prefix = "text_model." if type(module) is CLIPTextModel else ""
+    return {(k if k.startswith(prefix) else prefix + k): v.detach().numpy().astype(np.float32)
+            for k, v in module.state_dict().items()}
+
+
+def fingerprinted(module, seed: int):
+    """A copy whose every weight is a distinct random value, so that each exported initializer can be
+    traced to the weight it came from (the exporter folds, reshapes, transposes and deduplicates them)."""
+    import copy
+
+    import torch
+
+    clone = copy.deepcopy(module)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+    return clone
+
+
+def round_to_fp16(*modules) -> None:
+    import torch
+
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.copy_(p.half().float())
+
+
+# ----------------------------------------------------------------------------
+# templates
+
+
+def to_template(exported: str, weights: dict, out: str) -> None:
+    """The exported graph with each weight initializer renamed to its key and moved to a slot of
+    model.onnx_data; MatMuls over a linear weight become MatMulNBits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(exported)
+    graph = model.graph
+    by_bytes = {}  # a weight's values in order, or transposed: folding may also reshape them
+    for key, value in weights.items():
+        by_bytes.setdefault(value.tobytes(), []).append((key, False))
+        if value.ndim == 2:
+            by_bytes.setdefault(np.ascontiguousarray(value.T).tobytes(), []).append((key, True))
+    consumers = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+
+    matched, shapes = {}, {}
+    for init in graph.initializer:
+        value = numpy_helper.to_array(init)
+        found = by_bytes.get(value.tobytes(), []) if value.dtype == np.float32 and value.size > 1 else []
+        if len(found) == 1:
+            matched[init.name] = found[0]
+            shapes.setdefault(found[0][0], set()).add(tuple(value.shape))
+        elif found:
+            raise SystemExit(f"{out}: initializer {init.name} {value.shape} matches {found}")
+    unused = set(weights) - {key for key, _ in matched.values()}
+    if unused:
+        raise SystemExit(f"{out}: no initializer holds {sorted(unused)[:5]}")
+    if any(len(v) > 1 for v in shapes.values()):
+        raise SystemExit(f"{out}: a weight is used in two shapes: {[k for k, v in shapes.items() if len(v) > 1]}")
+
+    nodes, slots = [], []
+    for node in graph.node:
+        source = matched.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if source and source[1]:
+            key = source[0]
+            n, k = weights[key].shape
+            nodes.append(helper.make_node("MatMulNBits", [node.input[0], key, key + ".scales"], list(node.output),
+                                          name=node.name, domain="com.microsoft", K=k, N=n, bits=4,
+                                          block_size=BLOCK_SIZE))
+            blocks = -(-k // BLOCK_SIZE)
+            slots += [(key, TensorProto.UINT8, [n, blocks, BLOCK_SIZE // 2]), (key + ".scales", TensorProto.FLOAT, [n * blocks])]
+            continue
+        node.input[:] = [matched[i][0] if i in matched and not matched[i][1] else i for i in node.input]
+        nodes.append(node)
+    for name, (key, transposed) in matched.items():
+        users = consumers.get(name, [])
+        if transposed and any(node.op_type != "MatMul" or i != 1 for node, i in users):
+            raise SystemExit(f"{out}: {key} is used transposed outside a MatMul")
+        if not transposed:
+            slots.append((key, TensorProto.FLOAT, list(next(iter(shapes[key])))))
+    kept = [init for init in graph.initializer if init.name not in matched]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    seen, offset = set(), 0
+    for key, data_type, dims in slots:
+        if key in seen:
+            continue
+        seen.add(key)
+        tensor = TensorProto(name=key, data_type=data_type, dims=dims, data_location=TensorProto.EXTERNAL)
+        length = int(np.prod(dims)) * (1 if data_type == TensorProto.UINT8 else 4)
+        for k, v in (("location", "model.onnx_data"), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = k, v
+        graph.initializer.append(tensor)
+        offset += length
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model.producer_name, model.producer_version = "lantern-template", "1"
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def export_templates(te1, te2, unet, vae, refiner_unet) -> None:
+    import torch
+
+    te1, te2, unet, vae, refiner_unet = (fingerprinted(m, base.SEED + 500 + i)
+                                         for i, m in enumerate((te1, te2, unet, vae, refiner_unet)))
+    with tempfile.TemporaryDirectory() as tmp:
+        def done(part, module_weights, path):
+            if part.startswith("vae"):
+                encoder = part == "vae_encoder"
+                module_weights = {k: v for k, v in module_weights.items()
+                                  if k.startswith(("encoder.", "quant_conv.")) == encoder}
+            to_template(path, module_weights, os.path.join(TEMPLATES, part + ".onnx"))
+
+        path = os.path.join(tmp, "te1", "model.onnx")
+        base.export_text_encoder(te1, False, torch.int64, path)
+        done("text_encoder", state(te1), path)
+        path = os.path.join(tmp, "te2", "model.onnx")
+        base.export_text_encoder(te2, True, torch.int32, path)
+        done("text_encoder_2", state(te2), path)
+        path = os.path.join(tmp, "unet", "model.onnx")
+        base.export_unet(unet, base.TE1["hidden_size"] + base.TE2["hidden_size"], base.TE2["projection_dim"], path)
+        done("unet", state(unet), path)
+        path = os.path.join(tmp, "refiner", "model.onnx")
+        export_refiner(refiner_unet, path)
+        done("refiner_unet", state(refiner_unet), path)
+        path = os.path.join(tmp, "vae_decoder", "model.onnx")
+        base.export_vae_decoder(vae, path)
+        done("vae_decoder", state(vae), path)
+        path = os.path.join(tmp, "vae_encoder", "model.onnx")
+        axes = {0: "batch_size", 2: "height", 3: "width"}
+        base.export_module(encoder_mean(vae), (torch.randn(1, 3, 64, 64),), path, ["sample"], ["latent_mean"],
+                           {"sample": axes, "latent_mean": axes})
+        done("vae_encoder", state(vae), path)
+
+
+def export_refiner(unet, path) -> None:
+    import torch
+
+    te2 = base.TE2
+    args = (torch.randn(1, 4, 8, 8), torch.tensor([999.0]), torch.randn(1, base.MAX_LEN, te2["hidden_size"]),
+            torch.randn(1, te2["projection_dim"]), torch.tensor([[64.0, 64.0, 0.0, 0.0, 6.0]]))
+    base.export_module(base.unet_module(unet), args, path, base.UNET_INPUTS, base.UNET_OUTPUTS,
+                       base.UNET_DYNAMIC_AXES, external_data=True)
+
+
+def encoder_mean(vae):
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = vae
+
+        def forward(self, sample):
+            return self.model.encode(sample, return_dict=False)[0].mode()
+
+    return Encoder()
+
+
+# ----------------------------------------------------------------------------
+# checkpoints
+
+
+def single_file(parts: dict, layout: dict) -> dict:
+    """SGM-named tensors from {part: diffusers state dict}, by keys.py's rules in reverse."""
+    out = {}
+    for part, weights in parts.items():
+        for key, source in keys.single_file_sources(part, weights, layout).items():
+            value = weights[key]
+            if source.transpose:
+                value = value.T
+            if source.flatten:
+                value = value.reshape(*value.shape, 1, 1)
+            if source.rows:
+                i, n = source.rows
+                whole = out.setdefault(source.key, np.zeros((value.shape[0] * n, *value.shape[1:]), np.float32))
+                whole[i * value.shape[0]:(i + 1) * value.shape[0]] = value
+                continue
+            if source.key in out and not np.array_equal(out[source.key], value):
+                raise SystemExit(f"two keys map to {source.key}")
+            out[source.key] = value
+    return out
+
+
+def fp16(weights: dict) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).half() for k, v in sorted(weights.items())}
+
+
+def write_checkpoints(te1, te2, unet, vae, refiner_unet) -> None:
+    from safetensors.torch import save_file
+
+    folder = os.path.join(OUT, "diffusers")
+    for part, module, name in (("unet", unet, "diffusion_pytorch_model"), ("text_encoder", te1, "model"),
+                               ("text_encoder_2", te2, "model"), ("vae", vae, "diffusion_pytorch_model")):
+        os.makedirs(os.path.join(folder, part), exist_ok=True)
+        save_file(fp16(state(module)), os.path.join(folder, part, name + ".safetensors"))
+    layout = unet_layout(unet) | {"vae_blocks": len(vae.config.block_out_channels), "text_encoder": 0,
+                                  "text_encoder_2": 1}
+    vae_state = state(vae)
+    parts = {"unet": state(unet), "text_encoder": state(te1), "text_encoder_2": state(te2),
+             "vae_decoder": {k: v for k, v in vae_state.items() if not k.startswith(("encoder.", "quant_conv"))},
+             "vae_encoder": {k: v for k, v in vae_state.items() if k.startswith(("encoder.", "quant_conv"))}}
+    save_file(fp16(single_file(parts, layout)), os.path.join(OUT, "tiny-sdxl.safetensors"),
+              metadata={"modelspec.architecture": "stable-diffusion-xl-v1-base"})
+    refiner_parts = {"unet": state(refiner_unet), "text_encoder_2": state(te2),
+                     "vae_decoder": parts["vae_decoder"], "vae_encoder": parts["vae_encoder"]}
+    save_file(fp16(single_file(refiner_parts, unet_layout(refiner_unet) | {"vae_blocks": layout["vae_blocks"],
+                                                                           "text_encoder_2": 0})),
+              os.path.join(OUT, "tiny-sdxl-refiner.safetensors"))
+
+
+def unet_layout(unet) -> dict:
+    ups = unet.config.up_block_types
+    return {"layers": unet.config.layers_per_block,
+            "attention_blocks": {i for i, t in enumerate(ups) if "CrossAttn" in t}}
+
+
+def check_with_diffusers(te1, te2, unet, vae) -> None:
+    """diffusers' own single-file conversion of tiny-sdxl.safetensors gives the diffusers state dicts."""
+    from diffusers.loaders import single_file_utils as sfu
+    from safetensors.numpy import load_file
+
+    ckpt = {k: __import__("torch").from_numpy(v.astype(np.float32)) for k, v in
+            load_file(os.path.join(OUT, "tiny-sdxl.safetensors")).items()}
+    pairs = [
+        ("unet", sfu.convert_ldm_unet_checkpoint(ckpt, dict(unet.config)), unet),
+        ("vae", sfu.convert_ldm_vae_checkpoint(ckpt, dict(vae.config)), vae),
+        ("text_encoder", sfu.convert_ldm_clip_checkpoint(ckpt), te1),
+        ("text_encoder_2", sfu.convert_open_clip_checkpoint(te2, ckpt, prefix="conditioner.embedders.1.model."), te2),
+    ]
+    for name, converted, module in pairs:
+        want = state(module)
+        if hasattr(converted, "state_dict"):
+            converted = converted.state_dict()
+        got = {k: v.float().numpy() for k, v in converted.items()}
+        missing = set(want) - set(got) - {"text_model.embeddings.position_ids"}
+        if missing:
+            raise SystemExit(f"diffusers' conversion of the single file lacks {name} keys: {sorted(missing)[:5]}")
+        for k in want:
+            if k in got and not np.array_equal(got[k].reshape(want[k].shape), want[k]):
+                raise SystemExit(f"diffusers' conversion of the single file differs at {name} {k}")
+    print("diffusers' single-file conversion gives the same weights: ok")
+
+
+def as_int4(te1, te2, unet, vae):
+    """Copies whose weights that the templates hold as int4 are what MatMulNBits computes with."""
+    import copy
+
+    import torch
+
+    from app.checkpoint.fill import targets
+    from app.checkpoint.int4 import dequantize, quantize
+
+    out = []
+    for module, parts in ((te1, ["text_encoder"]), (te2, ["text_encoder_2"]), (unet, ["unet"]),
+                          (vae, ["vae_decoder", "vae_encoder"])):
+        clone = copy.deepcopy(module)
+        named = dict(clone.named_parameters())
+        if "text_model.embeddings.token_embedding.weight" not in named:
+            named |= {"text_model." + k: v for k, v in list(named.items())}
+        with torch.no_grad():
+            for part in parts:
+                raw = open(os.path.join(TEMPLATES, part + ".onnx"), "rb").read()
+                for key, target in targets(part, raw).items():
+                    if target.kind == "int4":
+                        w = named[key].numpy()
+                        packed, scales, _ = quantize(w, BLOCK_SIZE, SYMMETRIC)
+                        named[key].copy_(torch.from_numpy(dequantize(packed, scales, w.shape[1])))
+        out.append(clone)
+    return out
+
+
+def record_references(te1, te2, unet, vae) -> None:
+    """Pictures by diffusers' StableDiffusionXLPipeline from the fp16-rounded weights (the parity oracle), as
+    they are ({key}) and with the linear weights the templates quantize replaced by their int4 values
+    ({key}_int4: the same weights the converted model computes with)."""
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers.schedulers import scheduling_euler_ancestral_discrete as ead
+
+    tok1, tok2 = base.load_tokenizers()
+    cfg = {k: v for k, v in base.SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok1, tokenizer_2=tok2,
+                                     unet=unet, scheduler=EulerAncestralDiscreteScheduler.from_config(cfg),
+                                     add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    arrays, cases, original = {}, [], ead.randn_tensor
+    quantized = as_int4(te1, te2, unet, vae)
+    try:
+        for i, (prompt, seed, steps, h, w), suffix in [(i, c, s) for s in ("", "_int4") for i, c in enumerate(CASES)]:
+            if suffix:
+                pipe.text_encoder, pipe.text_encoder_2, pipe.unet, pipe.vae = quantized
+            rng = np.random.Generator(np.random.PCG64(seed))
+            shape = (1, 4, h // 8, w // 8)
+            latents = rng.standard_normal(shape, dtype=np.float32)
+            noises = iter([rng.standard_normal(shape, dtype=np.float32) for _ in range(steps)])
+            ead.randn_tensor = lambda *a, **k: torch.from_numpy(next(noises).copy())
+            with torch.no_grad():
+                out = pipe(prompt=prompt, height=h, width=w, num_inference_steps=steps, guidance_scale=0.0,
+                           latents=torch.from_numpy(latents.copy()), output_type="np")
+            key = f"case{i}"
+            arrays[key + suffix] = np.asarray(out.images[0], dtype=np.float32)
+            if not suffix:
+                cases.append({"key": key, "prompt": prompt, "seed": seed, "steps": steps, "height": h, "width": w})
+    finally:
+        ead.randn_tensor = original
+    base.write_json(os.path.join(OUT, "reference.json"), {
+        "description": "diffusers StableDiffusionXLPipeline (fp32 CPU, guidance 0) with the checkpoint's weights; "
+                       "noise as models/tiny-sdxl-turbo/reference/cases.json describes. reference.npz: {key} = "
+                       "HWC float32 image in [0, 1]; {key}_int4 = the same with every linear weight that the "
+                       "templates quantize replaced by its int4 value (app/checkpoint/int4.py dequantize).",
+        "cases": cases})
+    base.save_npz_deterministic(os.path.join(OUT, "reference.npz"), arrays)
+
+
+def main() -> int:
+    base.prepare_torch()
+    te1, te2, unet, vae = base.build_models()
+    refiner_unet = refiner.build_refiner_unet()
+    round_to_fp16(te1, te2, unet, vae, refiner_unet)
+    export_templates(te1, te2, unet, vae, refiner_unet)
+    write_checkpoints(te1, te2, unet, vae, refiner_unet)
+    check_with_diffusers(te1, te2, unet, vae)
+    record_references(te1, te2, unet, vae)
+    for folder in (TEMPLATES, OUT):
+        for dirpath, _, files in sorted(os.walk(folder)):
+            for f in sorted(files):
+                print(f"{os.path.getsize(os.path.join(dirpath, f)):>10,}  {os.path.relpath(os.path.join(dirpath, f), ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The tiny SDXL checkpoint (models/make_tiny_checkpoint.py) converted on CPython, as the worker converts it."""
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from app.checkpoint.detect import SINGLE, detect
+from app.checkpoint.fill import data_size, fill
+from app.checkpoint.safetensors import read_header
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "models" / "tiny-sdxl-checkpoint"
+SINGLE_FILE = CHECKPOINT / "tiny-sdxl.safetensors"
+REFINER_FILE = CHECKPOINT / "tiny-sdxl-refiner.safetensors"
+DIFFUSERS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
+             "text_encoder_2": "text_encoder_2/model.safetensors", "vae": "vae/diffusion_pytorch_model.safetensors"}
+TEMPLATES = ROOT / "models" / "templates"
+SHARED = ROOT / "models" / "sdxl"
+
+
+def templates() -> dict:
+    return {family.name: {p.stem: p.read_bytes() for p in family.glob("*.onnx")}
+            for family in TEMPLATES.iterdir() if family.is_dir()}
+
+
+def reader(path: Path):
+    async def read(start, end):
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    return read
+
+
+async def open_files(files: dict) -> tuple[dict, dict]:
+    readers = {name: reader(path) for name, path in files.items()}
+    headers = {name: await read_header(readers[name], path.stat().st_size, path.name) for name, path in files.items()}
+    return headers, readers
+
+
+def single_file(path=SINGLE_FILE) -> dict:
+    return {SINGLE: path}
+
+
+def diffusers_folder() -> dict:
+    return {part: CHECKPOINT / "diffusers" / name for part, name in DIFFUSERS.items()}
+
+
+def convert(files: dict, out: Path, found_hook=None, on_bytes=None):
+    """Convert into a bundle folder the pipeline loads ({part}/model.onnx + model.onnx_data, and the
+    tokenizers and scheduler SDXL bundles share); returns what detect() found."""
+    async def go():
+        headers, readers = await open_files(files)
+        found = detect(headers, templates())
+        if found_hook:
+            found_hook(found)
+        out.mkdir(parents=True, exist_ok=True)
+        sizes = data_size(found.targets)
+        handles = {}
+        for part in found.parts:
+            folder = out / ("unet" if part.endswith("unet") else part)
+            folder.mkdir(exist_ok=True)
+            (folder / "model.onnx").write_bytes(templates()[found.family][part])
+            handles[part] = open(folder / "model.onnx_data", "wb")
+            handles[part].truncate(sizes[part])
+
+        async def write_at(part, offset, raw):
+            handles[part].seek(offset)
+            handles[part].write(raw)
+        try:
+            await fill(found.plan, headers, readers, write_at, on_bytes)
+        finally:
+            for h in handles.values():
+                h.close()
+        for name in ("tokenizer", "tokenizer_2"):
+            shutil.copytree(SHARED / name, out / name, dirs_exist_ok=True)
+        shutil.copy(SHARED / "scheduler_config.json", out / "scheduler_config.json")
+        return found
+    return asyncio.run(go())

@@ -1,0 +1,171 @@
+"""Importing SDXL checkpoints: a tiny one, in both layouts, converted on CPython by the worker's code."""
+
+import asyncio
+import hashlib
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from app.checkpoint import keys
+from app.checkpoint.detect import SINGLE, detect
+from app.checkpoint.safetensors import CheckpointError, read_header, stream
+from checkpoints import (CHECKPOINT, REFINER_FILE, SINGLE_FILE, convert, diffusers_folder, open_files, reader,
+                         single_file, templates)
+from conftest import run
+
+
+def load_all(path) -> dict:
+    async def go():
+        read = reader(path)
+        header = await read_header(read, path.stat().st_size)
+        return {t.name: v async for t, v in stream(read, header, header.tensors, window=4096)}
+    return asyncio.run(go())
+
+
+def test_reader_hashes_the_whole_file_while_streaming_in_small_windows():
+    digest = hashlib.sha256()
+
+    async def go():
+        read = reader(SINGLE_FILE)
+        header = await read_header(read, SINGLE_FILE.stat().st_size)
+
+        async def on_window(raw):
+            digest.update(raw)
+        wanted = sorted(header.tensors)[::3]
+        got = [t.name async for t, _ in stream(read, header, wanted, on_window, window=1000)]
+        assert sorted(got) == sorted(wanted)
+        return header
+    header = asyncio.run(go())
+    assert digest.hexdigest() == hashlib.sha256(SINGLE_FILE.read_bytes()).hexdigest()
+    assert header.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+
+
+def test_single_file_names_map_to_the_diffusers_weights_exactly():
+    """keys.py's rules (the inverse of diffusers' single-file loader) take every diffusers weight from the
+    single file: the same values, for UNet, CLIP-L, bigG (split in_proj, transposed projection) and VAE."""
+    single = load_all(SINGLE_FILE)
+    found = run(_found(single_file()))
+    checked = 0
+    for part in found.parts:
+        folder = load_all(CHECKPOINT / "diffusers" / {"unet": "unet/diffusion_pytorch_model.safetensors",
+                                                       "text_encoder": "text_encoder/model.safetensors",
+                                                       "text_encoder_2": "text_encoder_2/model.safetensors",
+                                                       "vae_decoder": "vae/diffusion_pytorch_model.safetensors"}[part])
+        for (file, source_key), uses in found.plan.items():
+            for target, source in uses:
+                if target.part != part:
+                    continue
+                value = single[source_key]
+                if source.rows:
+                    i, n = source.rows
+                    value = value[i * value.shape[0] // n:(i + 1) * value.shape[0] // n]
+                value = value.T if source.transpose else value
+                want = folder[target.key]
+                np.testing.assert_array_equal(value.reshape(want.shape), want)
+                checked += 1
+    assert checked == sum(len(t) for t in found.targets.values())
+
+
+async def _found(files):
+    headers, _ = await open_files(files)
+    return detect(headers, templates())
+
+
+def test_detects_what_the_checkpoint_holds():
+    found = run(_found(single_file()))
+    assert (found.kind, found.family, found.own_vae) == ("sdxl", "tiny-sdxl", True)
+    assert found.describe().startswith("SDXL UNet + CLIP-L + bigG + VAE, f16, 0.00 GB")
+    refiner = run(_found(single_file(REFINER_FILE)))
+    assert refiner.kind == "sdxl-refiner" and refiner.parts == ("refiner_unet", "text_encoder_2", "vae_decoder")
+    assert run(_found(diffusers_folder())).kind == "sdxl"
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = {}
+    for name, files in (("single", single_file()), ("diffusers", diffusers_folder())):
+        out[name] = tmp_path_factory.mktemp(name)
+        convert(files, out[name])
+    return out
+
+
+def test_both_layouts_convert_to_the_same_model(converted):
+    for part in ("unet", "text_encoder", "text_encoder_2", "vae_decoder"):
+        for f in ("model.onnx", "model.onnx_data"):
+            assert (converted["single"] / part / f).read_bytes() == (converted["diffusers"] / part / f).read_bytes()
+
+
+def generate(bundle, case, manifest_entry):
+    from app.pipeline.turbo import SDXLTurbo
+    from app.runtime.ort import OrtRuntime
+
+    async def go():
+        pipe = await SDXLTurbo.load(OrtRuntime(bundle), manifest_entry)
+        return await pipe.generate(case["prompt"], case["seed"], case["steps"], case["height"], case["width"])
+    return run(go())
+
+
+def references():
+    cases = json.loads((CHECKPOINT / "reference.json").read_text())["cases"]
+    with np.load(CHECKPOINT / "reference.npz") as data:
+        return [(case, data[case["key"]], data[case["key"] + "_int4"]) for case in cases]
+
+
+# diffusers with the int4 values of the quantized weights: the same computation, so only float32 rounding
+# differs (measured max |diff| ~1e-6 of the [0, 1] range).
+SAME_WEIGHTS = 1e-4
+# diffusers with the checkpoint's own weights: the cost of int4. The tiny model's random weights, in blocks of
+# 32 across widths of 16 to 64, are as hard on 4 bits as weights get (measured mean |diff| 0.023 and 0.015).
+INT4_MEAN = 0.04
+
+
+def test_converted_checkpoint_generates_as_diffusers_within_int4_tolerance(converted, manifest_entry):
+    for case, want, want_int4 in references():
+        got = generate(converted["single"], case, manifest_entry)
+        assert got.shape == want.shape
+        same, int4 = np.abs(got - want_int4), np.abs(got - want)
+        print(f"{case['key']}: vs diffusers on the int4 values max |diff| {same.max():.2e}; "
+              f"vs the checkpoint's weights mean {int4.mean():.4f}, max {int4.max():.3f}")
+        assert same.max() < SAME_WEIGHTS
+        assert int4.mean() < INT4_MEAN
+        again = generate(converted["single"], case, manifest_entry)
+        assert again.tobytes() == got.tobytes()
+
+
+def _swap(key, a, b):
+    return key.replace(a, b) if a in key else key.replace(b, a)
+
+
+@pytest.mark.parametrize("wrong", ["bigG's k and v rows swapped", "UNet attn1 and attn2 outputs swapped",
+                                   "CLIP-L's last two layers swapped"])
+def test_a_wrong_key_mapping_moves_the_picture_far_more(tmp_path, manifest_entry, monkeypatch, wrong):
+    """Each mistake keeps every shape, so only the picture can show it: it moves far more than the
+    tolerance above (100x at least; measured 0.02 to 0.05 mean, against ~1e-6)."""
+    if wrong.startswith("bigG"):
+        original = keys.bigg_source
+
+        def mistaken(key, width=0):
+            s = original(key, width)
+            return keys.Source(s.key, ({1: 2, 2: 1}.get(s.rows[0], 0), 3)) if s.rows else s
+        monkeypatch.setattr(keys, "bigg_source", mistaken)
+    elif wrong.startswith("UNet"):
+        original = keys.unet_source
+        monkeypatch.setattr(keys, "unet_source",
+                            lambda key, layers, blocks: original(_swap(key, "attn1.to_out", "attn2.to_out"), layers,
+                                                                 blocks))
+    else:
+        original = keys.single_file_sources
+
+        def mistaken(part, keys_, layout):
+            out = original(part, keys_, layout)
+            if part == "text_encoder":
+                out = {k: keys.Source(_swap(v.key, "layers.0.", "layers.1.")) for k, v in out.items()}
+            return out
+        monkeypatch.setattr(keys, "single_file_sources", mistaken)
+    convert(single_file(), tmp_path)
+    for case, _, want_int4 in references():
+        diff = np.abs(generate(tmp_path, case, manifest_entry) - want_int4)
+        print(f"{wrong}, {case['key']}: mean |diff| {diff.mean():.4f}, max {diff.max():.3f}")
+        assert diff.max() > 100 * SAME_WEIGHTS
