@@ -169,3 +169,83 @@ def test_a_wrong_key_mapping_moves_the_picture_far_more(tmp_path, manifest_entry
         diff = np.abs(generate(tmp_path, case, manifest_entry) - want_int4)
         print(f"{wrong}, {case['key']}: mean |diff| {diff.mean():.4f}, max {diff.max():.3f}")
         assert diff.max() > 100 * SAME_WEIGHTS
+
+
+def _header_file(tmp_path, tensors: dict, data: bytes = b"", cut: int = 0, raw_header: bytes | None = None):
+    header = raw_header if raw_header is not None else json.dumps(tensors).encode()
+    body = struct.pack("<Q", len(header)) + header + data
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(body[:len(body) - cut])
+    return {SINGLE: path}
+
+
+def _fake(names: dict) -> dict:
+    """A header whose tensors are all [rows, cols] F16 (no data needed past the header for detection)."""
+    out, offset = {}, 0
+    for name, shape in names.items():
+        size = 2 * int(np.prod(shape))
+        out[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    return out, b"\0" * offset
+
+
+def _refusal(files) -> str:
+    with pytest.raises(CheckpointError) as caught:
+        run(_found(files))
+    return str(caught.value)
+
+
+def test_clear_errors_for_what_cannot_be_imported(tmp_path):
+    path = tmp_path / "photo.safetensors"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    assert "not a safetensors file" in _refusal({SINGLE: path})
+    path.write_bytes(struct.pack("<Q", 10) + b"not json!!" + b"\0" * 10)
+    assert "header is not JSON" in _refusal({SINGLE: path})
+
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(SINGLE_FILE.read_bytes()[:-5000])
+    message = _refusal({SINGLE: cut})
+    assert "cut short" in message and "Was the download interrupted?" in message
+
+    sd15, data = _fake({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+                        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+                        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)})
+    assert "Stable Diffusion 1.x" in _refusal(_header_file(tmp_path, sd15, data))
+    sd2, data = _fake({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)})
+    assert "Stable Diffusion 2.x" in _refusal(_header_file(tmp_path, sd2, data))
+    flux, data = _fake({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": (9216, 3072)})
+    assert "Flux" in _refusal(_header_file(tmp_path, flux, data))
+    lora, data = _fake({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)})
+    assert "LoRA" in _refusal(_header_file(tmp_path, lora, data))
+    vae, data = _fake({"first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3)})
+    assert "only a VAE" in _refusal(_header_file(tmp_path, vae, data))
+
+
+def test_an_unknown_dtype_or_a_wider_sdxl_is_named(tmp_path):
+    """The tiny checkpoint's header with one weight's dtype changed, or one shape changed: refused in words."""
+    read = reader(SINGLE_FILE)
+    header = run(read_header(read, SINGLE_FILE.stat().st_size))
+    length = struct.unpack("<Q", SINGLE_FILE.read_bytes()[:8])[0]
+    raw = json.loads(SINGLE_FILE.read_bytes()[8:8 + length])
+    data = SINGLE_FILE.read_bytes()[8 + length:]
+    name = "model.diffusion_model.input_blocks.0.0.weight"
+    odd = json.loads(json.dumps(raw))
+    odd[name]["dtype"] = "F8_E4M3"
+    odd[name]["data_offsets"][1] = odd[name]["data_offsets"][0] + int(np.prod(odd[name]["shape"]))
+    with pytest.raises(CheckpointError, match="F8_E4M3; weights must be F16, BF16 or F32"):
+        convert(_header_file(tmp_path, odd, data), tmp_path / "out")
+    wide = json.loads(json.dumps(raw))
+    wide[name]["shape"] = [wide[name]["shape"][0] // 2, *wide[name]["shape"][1:]]
+    wide[name]["data_offsets"][1] = wide[name]["data_offsets"][0] + 2 * int(np.prod(wide[name]["shape"]))
+    assert "does not fit the model shapes" in _refusal(_header_file(tmp_path, wide, data))
+    assert header.tensors[name].dtype == "F16"
+
+
+def test_a_checkpoint_without_vae_says_sdxls_vae_will_be_used(tmp_path):
+    raw_all = SINGLE_FILE.read_bytes()
+    length = struct.unpack("<Q", raw_all[:8])[0]
+    raw = json.loads(raw_all[8:8 + length])
+    kept = {k: v for k, v in raw.items() if not k.startswith("first_stage_model.")}
+    found = run(_found(_header_file(tmp_path, kept, raw_all[8 + length:])))
+    assert found.parts == ("unet", "text_encoder", "text_encoder_2") and not found.own_vae
+    assert "no VAE inside: SDXL's VAE will be used" in found.describe()

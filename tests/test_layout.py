@@ -3,6 +3,7 @@
 - app/onnx (the ONNX file format) imports itself and numpy; the runtimes and the store use it;
 - app/runtime imports itself, app/onnx and the runtime libraries: the only code that touches onnxruntime;
 - app/store never imports the pipeline, a runtime or the worker;
+- app/checkpoint (reading checkpoints, quantizing, filling graph templates) imports itself, app/onnx and numpy;
 - app/worker wires the other three together; nothing below it imports it (no module imports upward);
 - the page (static/*.py) talks to the worker only: it imports no ORT, only PyScript, JSON and its own modules.
 """
@@ -22,6 +23,7 @@ ROOMS = {
     "app.onnx": ({"app.onnx"}, {"numpy"}),
     "app.runtime": ({"app.runtime", "app.onnx"}, {"numpy", "onnxruntime", "tokenizers", "js", "pyodide", "ort", "hf_tokenizers", "lantern_js"}),
     "app.store": ({"app.store", "app.onnx"}, {"numpy", "PIL", "js", "pyodide"}),
+    "app.checkpoint": ({"app.checkpoint", "app.onnx"}, {"numpy"}),
     "app.worker": ({"app", "app.pipeline", "app.runtime", "app.store", "app.worker"}, {"numpy", "PIL", "js", "pyodide",
                                                                                     "_pyodide"}),
 }
