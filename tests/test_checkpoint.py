@@ -249,3 +249,18 @@ def test_a_checkpoint_without_vae_says_sdxls_vae_will_be_used(tmp_path):
     found = run(_found(_header_file(tmp_path, kept, raw_all[8 + length:])))
     assert found.parts == ("unet", "text_encoder", "text_encoder_2") and not found.own_vae
     assert "no VAE inside: SDXL's VAE will be used" in found.describe()
+
+
+def test_the_files_of_a_diffusers_folder_are_told_apart_by_their_tensors():
+    from app.checkpoint.detect import by_part
+
+    async def headers(files):
+        return {path.name + str(i): await read_header(reader(path), path.stat().st_size)
+                for i, path in enumerate(files)}
+    folder = list(diffusers_folder().values())[::-1]
+    assert set(by_part(run(headers(folder)))) == {"unet", "text_encoder", "text_encoder_2", "vae"}
+    assert set(by_part(run(headers([SINGLE_FILE])))) == {SINGLE}
+    with pytest.raises(CheckpointError, match="two files hold the vae"):
+        by_part(run(headers(folder + folder[:1])))
+    with pytest.raises(CheckpointError, match="no UNet"):
+        by_part(run(headers(folder[:-1])))

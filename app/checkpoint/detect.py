@@ -121,6 +121,42 @@ def _text_layout(names: set) -> dict:
     return out
 
 
+def diffusers_part(header: Header) -> str | None:
+    """Which file of a diffusers folder this is, from its tensors' names (files may be dropped in any order,
+    and their folder names are not always known)."""
+    names = header.tensors
+    if "conv_in.weight" in names and "time_embedding.linear_1.weight" in names:
+        return "unet"
+    if "decoder.conv_in.weight" in names or "encoder.conv_in.weight" in names:
+        return "vae"
+    token = ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight")
+    if any(n in names for n in token):
+        return "text_encoder_2" if "text_projection.weight" in names else "text_encoder"
+    return None
+
+
+def by_part(headers: dict) -> dict:
+    """{file name: Header} of the files the visitor gave -> the detect() input: one single-file checkpoint, or
+    the files of a diffusers folder by part. Raises CheckpointError when they are neither."""
+    if len(headers) == 1:
+        (name, header), = headers.items()
+        if any(n.startswith((keys.UNET_PREFIX, keys.EMBEDDERS, keys.VAE_PREFIX)) for n in header.tensors):
+            return {SINGLE: header}
+    parts = {}
+    for name, header in headers.items():
+        part = diffusers_part(header)
+        if part is None:
+            if len(headers) == 1:
+                return {SINGLE: header}  # named as neither: detect() says what it is
+            raise CheckpointError(f"{name} is not a part of an SDXL diffusers folder (UNet, text encoder or VAE).")
+        if part in parts:
+            raise CheckpointError(f"two files hold the {part}: {parts[part][0]} and {name}.")
+        parts[part] = (name, header)
+    if "unet" not in parts:
+        raise CheckpointError("these files have no UNet (unet/diffusion_pytorch_model.safetensors).")
+    return {part: header for part, (_, header) in parts.items()}
+
+
 def detect(headers: dict, templates: dict) -> Found:
     """headers: {SINGLE: Header} or {diffusers folder part: Header}; templates: {family: {part: bytes}}."""
     single = SINGLE in headers
