@@ -406,6 +406,31 @@ def shared_model_files(root: Path) -> dict[str, bytes]:
     return {f"{SHARED}/{p.relative_to(base).as_posix()}": p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
+TEMPLATES = "templates"
+
+
+def template_files(root: Path) -> dict[str, bytes]:
+    """models/templates/<family>/ (graph templates for importing checkpoints, app/checkpoint/) as
+    templates/<family>/<part>.onnx, with templates/index.json: each family's family.json and its parts'
+    url, size and sha256 (the worker checks each template against it)."""
+    base = root / "models" / TEMPLATES
+    files, index = {}, {}
+    for family in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+        meta = json.loads((family / "family.json").read_text())
+        parts = {}
+        for graph in sorted(family.glob("*.onnx")):
+            data = graph.read_bytes()
+            url = f"{TEMPLATES}/{family.name}/{graph.name}"
+            files[url] = data
+            parts[graph.stem] = {"url": url, "size": len(data), "sha256": sha256_hex(data)}
+        index[family.name] = dict(meta, parts=parts)
+    # The tokenizers and scheduler config an imported model gets (the site's copies of SDXL's: shared_model_files).
+    shared = {rel.removeprefix(f"{SHARED}/"): {"url": rel, "size": len(data), "sha256": sha256_hex(data)}
+              for rel, data in shared_model_files(root).items()}
+    files[f"{TEMPLATES}/index.json"] = to_json({"families": index, "shared": shared})
+    return files
+
+
 def local_file_problem(f: dict, site: dict[str, bytes], root: Path) -> str | None:
     """A same-origin file of a manifest entry that the site (or models/, which serve.py serves at
     /models/) holds with other bytes than the entry says; None when it matches or is not ours."""
@@ -619,6 +644,7 @@ def build(
     add_files(site, static, "static/")
     app = app_zip(root)
     add_files(site, shared_model_files(root), f"models/{SHARED}/")
+    add_files(site, template_files(root), f"models/{TEMPLATES}/")
     manifest = models_manifest(root, site)
     add_files(site, {"app.zip": app, "models_manifest.json": manifest, HEADERS: to_json(security_headers(manifest))},
               "project")

@@ -51,8 +51,14 @@ def fill_resolutions(model_id, resolution=None, steps=None):
         option.value = option.textContent = f"{h}x{w}"
         option.selected = option.value == wanted
         select.appendChild(option)
-    if steps or not chosen("steps"):
-        el("steps").value = str(steps or d["steps"])
+    el("steps").max = str(model["max_steps"])
+    if steps:
+        el("steps").value = str(steps)
+    elif not chosen("steps"):  # the model's default, also as the field's: not a choice of the visitor's (chosen())
+        el("steps").defaultValue = el("steps").value = str(d["steps"])
+    if not chosen("guidance"):  # a base-like model of the visitor's own asks for guidance; SDXL-Turbo for none
+        # as the field's default too, so that it does not count as the visitor's own choice (chosen())
+        el("guidance").defaultValue = el("guidance").value = str(d["guidance"])
     reason = model["unsuitable"]
     el("notice").textContent = reason or ""
     el("notice").hidden = not reason

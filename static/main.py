@@ -6,6 +6,7 @@
 from pyscript import document, window
 from pyscript.ffi import create_proxy
 
+import checkpoint
 import device
 import form
 import gallery_ui
@@ -18,23 +19,49 @@ import welcome
 from page import FIELDS, el, field_error, guarded, listen, send, set_status, show_error, start_worker, worker
 
 
+def register(m, listed):
+    """Take in one model the worker lists; `listed`: add it to the Model list (second-pass models are offered by
+    Refine instead)."""
+    resolutions = [(int(m.resolutions[j][0]), int(m.resolutions[j][1])) for j in range(m.resolutions.length)]
+    d = m.defaults
+    form.models[m.id] = {"defaults": {"height": d.height, "width": d.width, "steps": d.steps,
+                                      "guidance": d.guidance},
+                         "resolutions": resolutions, "unsuitable": m.unsuitable, "pipeline": m.pipeline,
+                         "max_steps": m.max_steps,
+                         "encoder": {"id": m.encoder.id, "mb": m.encoder.mb, "unsuitable": m.encoder.unsuitable}}
+    result.models[m.id] = {"name": m.name, "refines": [m.refines[j] for j in range(m.refines.length)]}
+    if listed and m.pipeline == "sdxl-turbo":
+        option = document.createElement("option")
+        option.value = m.id
+        option.textContent = m.name + (" (cannot run here)" if m.unsuitable else "")
+        el("model").appendChild(option)
+
+
+def on_model_added(m):
+    """A checkpoint of the visitor's own was imported: listed, and chosen."""
+    register(m, True)
+    el("model").value = m.id
+    form.on_model_change(None)
+    on_models_changed()
+
+
+def on_model_removed(msg):
+    for option in list(el("model").querySelectorAll("option")):
+        if option.value == msg.id:
+            option.remove()
+    form.models.pop(msg.id, None)
+    models_ui.remove_row(msg.id)
+    if el("model").value not in form.models:
+        form.choose_model()
+        form.on_model_change(None)
+    on_models_changed()
+
+
 def on_ready(msg):
     first = not form.models
     caps = msg.capabilities
-    select = el("model")
     for i in range(msg.models.length):
-        m = msg.models[i]
-        resolutions = [(int(m.resolutions[j][0]), int(m.resolutions[j][1])) for j in range(m.resolutions.length)]
-        d = m.defaults
-        form.models[m.id] = {"defaults": {"height": d.height, "width": d.width, "steps": d.steps},
-                             "resolutions": resolutions, "unsuitable": m.unsuitable, "pipeline": m.pipeline,
-                             "encoder": {"id": m.encoder.id, "mb": m.encoder.mb, "unsuitable": m.encoder.unsuitable}}
-        result.models[m.id] = {"name": m.name, "refines": [m.refines[j] for j in range(m.refines.length)]}
-        if first and m.pipeline == "sdxl-turbo":  # second-pass models are offered by Refine
-            option = document.createElement("option")
-            option.value = m.id
-            option.textContent = m.name + (" (cannot run here)" if m.unsuitable else "")
-            select.appendChild(option)
+        register(msg.models[i], first)
     device.show_capabilities(caps)
     el("generate").disabled = not form.models  # an unusable model list leaves nothing to generate with
     if msg.manifest_problem:
@@ -47,7 +74,7 @@ def on_ready(msg):
         set_status("No model can be offered here; the message above says why.", 0)
         return
     form.choose_model()
-    form.fill_resolutions(select.value)  # what the visitor typed meanwhile stays (form.chosen)
+    form.fill_resolutions(el("model").value)  # what the visitor typed meanwhile stays (form.chosen)
     form.update_picture(models_ui.state_of)
     el("status").dataset.backend = caps.backend
     if caps.backend != "webgpu":
@@ -88,8 +115,9 @@ HANDLERS = {
     "tokens": form.on_tokens,
     "preview": result.on_preview, "result": result.on_result, "png": result.on_png, "bench": device.on_bench,
     "cancelled": result.on_cancelled, "error": on_error, "models": models_ui.on_message,
-    "picture-checked": picture.on_checked,
+    "picture-checked": picture.on_checked, "model-removed": on_model_removed,
 }
+HANDLERS.update(checkpoint.HANDLERS)
 
 
 def on_message(event):
@@ -104,7 +132,8 @@ def on_message(event):
 offline.start()
 start_worker(create_proxy(guarded(on_message)))
 gallery_ui.setup(send, form.apply_settings)
-models_ui.setup(send, on_models_changed)
+models_ui.setup(send, on_models_changed, checkpoint.pick, checkpoint.is_checkpoint)
+checkpoint.setup(send, on_model_added)
 for id, handler in (("generate", form.generate), ("cancel", runs.cancel), ("retry", form.retry_run),
                     ("randomize", form.randomize), ("download", result.download), ("refine", result.refine),
                     ("rebench", device.run_bench), ("clear-history", form.clear_history),

@@ -5,7 +5,7 @@ from pyscript import window
 
 from page import el, listen, make
 
-state = {"send": None, "persist_asked": False, "on_change": None}
+state = {"send": None, "persist_asked": False, "on_change": None, "checkpoint": None, "is_checkpoint": None}
 rows = {}  # model id -> {"row", "status", "bar", "message", "install", "cancel", "delete", "verify"}
 info = {}  # model id -> {"name", "state", "variant", "total_mb"}: what other panels show of it
 
@@ -87,6 +87,8 @@ def add_row(m):
     # the kind of pictures (test models say they draw test patterns), what it needs, the licence, and
     # where the hashes its files are checked against come from.
     variant = f"{m.variant} variant, {size_text(m.total_mb)} download" if m.variant else ""
+    if m.own:  # converted here from the visitor's own checkpoint: nothing to download
+        variant = f"your own model, {size_text(m.total_mb)} on disk"
     if m.convert_mb and m.convert_to == "fp32-activations":
         variant += f", converted here for 32-bit math (up to {size_text(m.convert_mb)} more on disk)"
     elif m.convert_mb:  # "external-data": each graph split from its weights, so that they can stream to the GPU
@@ -121,7 +123,7 @@ def show_row(m):
         r["message"].removeAttribute("role")
     busy = s in ("downloading", "converting", "verifying", "importing")
     r["install"].textContent = INSTALL_LABEL.get(s, "Install")
-    r["install"].disabled = busy or s == "installed"
+    r["install"].disabled = busy or s == "installed" or m.own  # its source is the visitor's file, not a host
     r["cancel"].disabled = s not in ("downloading", "converting")
     r["delete"].disabled = s == "not-installed" and not m.kept_mb  # an earlier version's files can be freed
     r["verify"].disabled = busy or s not in ("installed", "damaged")
@@ -154,7 +156,17 @@ def on_message(msg):
     state["on_change"]()
 
 
+def remove_row(model_id):
+    r = rows.pop(model_id, None)
+    if r:
+        r["row"].remove()
+    info.pop(model_id, None)
+
+
 def import_files(files):
+    if state["is_checkpoint"](files):  # a checkpoint to convert, not a bundle's files
+        state["checkpoint"](files)
+        return
     if files.length:
         el("models-notice").textContent = f"Checking {files.length} file(s) against the model list…"
         state["send"]({"type": "model-import", "files": files})
@@ -176,9 +188,11 @@ def on_drag(event):
     el("models").classList.add("dropping")
 
 
-def setup(send, on_change):
-    """`on_change()` is called after each report, for the panels that depend on what is installed."""
+def setup(send, on_change, checkpoint, is_checkpoint):
+    """`on_change()` is called after each report, for the panels that depend on what is installed; dropped
+    .safetensors files go to `checkpoint(files)` (checkpoint.py)."""
     state["send"], state["on_change"] = send, on_change
+    state["checkpoint"], state["is_checkpoint"] = checkpoint, is_checkpoint
     listen(el("models-import"), "change", on_pick)
     listen(el("models"), "dragover", on_drag)
     listen(el("models"), "dragleave", lambda e: el("models").classList.remove("dropping"))

@@ -7,7 +7,8 @@ from pyscript.ffi import create_proxy, to_js
 
 worker = {"current": None, "generation": 0, "on_message": None, "next_id": 1, "used": False}
 # Messages that mean the visitor has started something on this page: a new build then asks before reloading.
-USES = ("generate", "refine", "picture-check", "install", "model-import", "model-delete", "model-verify")
+USES = ("generate", "refine", "picture-check", "install", "model-import", "model-delete", "model-verify",
+        "checkpoint-import")
 kept = []  # the proxies JS holds (made once, at setup)
 
 

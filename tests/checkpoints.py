@@ -1,12 +1,12 @@
 """The tiny SDXL checkpoint (models/make_tiny_checkpoint.py) converted on CPython, as the worker converts it."""
 
-import asyncio
 import shutil
 from pathlib import Path
 
 from app.checkpoint.detect import SINGLE, detect
 from app.checkpoint.fill import data_size, fill
 from app.checkpoint.safetensors import read_header
+from conftest import run
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "tiny-sdxl-checkpoint"
@@ -75,4 +75,4 @@ def convert(files: dict, out: Path, found_hook=None, on_bytes=None):
             shutil.copytree(SHARED / name, out / name, dirs_exist_ok=True)
         shutil.copy(SHARED / "scheduler_config.json", out / "scheduler_config.json")
         return found
-    return asyncio.run(go())
+    return run(go())

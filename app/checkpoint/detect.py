@@ -36,7 +36,8 @@ class Found:
     def describe(self) -> str:
         names = [NAMES[p] for p in self.parts]
         vae = "" if self.own_vae else " (no VAE inside: SDXL's VAE will be used)"
-        return f"{' + '.join(names)}, {self.dtypes.lower()}, {self.size / 1e9:.2f} GB{vae}"
+        size = f"{self.size / 1e9:.2f} GB" if self.size >= 1e8 else f"{self.size / 1e6:.1f} MB"
+        return f"{' + '.join(names)}, {self.dtypes.lower()}, {size}{vae}"
 
 
 def _unet_key(single: bool, key: str) -> str:

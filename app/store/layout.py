@@ -125,13 +125,16 @@ def no_room_text(needed: int, room: int) -> str:
 
 
 def page_row(model_id: str, entry: dict, status: dict) -> dict:
+    own = entry.get("conversion")  # a checkpoint of the visitor's own, converted here (own.py): nothing to download
+    total = own["bytes"] if own else sum(f["size"] for f in entry["files"])
     return {"id": model_id, "name": entry["name"], "state": status.get("state", "not-installed"),
-            "done_mb": status.get("done", 0) / 1e6, "total_mb": sum(f["size"] for f in entry["files"]) / 1e6,
+            "done_mb": status.get("done", 0) / 1e6, "total_mb": total / 1e6, "own": bool(own),
             "speed_mbps": status.get("speed", 0) / 1e6, "eta_s": status.get("eta_s", -1),
             "message": status.get("message", ""), "error": bool(status.get("error")),
             "style": entry.get("style", ""), "license": entry.get("license", ""), "variant": entry.get("variant") or "",
             "variant_reason": entry.get("variant_reason", ""), "needs": entry.get("needs", ""),
-            "hashes": hash_origin(entry["files"]), "convert_mb": convert_reserve(entry) / 1e6,
+            "hashes": own_origin(entry) if own else hash_origin(entry["files"]),
+            "convert_mb": convert_reserve(entry) / 1e6,
             "convert_to": entry.get("convert", {}).get("to", ""),
             "kept_mb": status.get("kept", 0) / 1e6}
 
@@ -140,6 +143,13 @@ def convert_reserve(entry: dict) -> int:
     """At most what a variant's converted files take (convert.py)."""
     sources = set(entry.get("convert", {}).get("from", {}).values())
     return conversion_growth(entry) * sum(f["size"] for f in entry["files"] if f["path"] in sources)
+
+
+def own_origin(entry: dict) -> str:
+    """Where a model of the visitor's own came from: its source files (name, sha256) and the conversion."""
+    sources = ", ".join(f"{s['name']} ({gb(s['size'])}, sha256 {s['sha256'][:12]}…)" for s in entry["source"].values())
+    took = entry["conversion"]["seconds"]
+    return f"Converted here in {took:.0f} s from {sources}: {entry['found']}"
 
 
 def hash_origin(files: list) -> str:

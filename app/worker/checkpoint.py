@@ -1,0 +1,307 @@
+"""Importing an SDXL checkpoint (worker side): what the visitor's file holds, then its conversion here into a
+model of their own. The bytes never leave the device; only the converted model is stored.
+
+Page -> worker:  {type: "checkpoint-check", id, files: [File]}
+                 {type: "checkpoint-import", id, files: [File], name, kind}     {type: "checkpoint-cancel", id}
+Worker -> page:  {type: "checkpoint-checked", id, message ("" when it can be imported), found, name,
+                  kinds: [{id, label}], converted_mb}
+                 {type: "checkpoint-progress", id, message, fraction, mb_s}
+                 {type: "checkpoint-done", id, model (as the ready message lists models), message}
+                 {type: "checkpoint-error", id, message}        {type: "checkpoint-cancelled", id}
+A single .safetensors file (A1111/ComfyUI) or the .safetensors files of a diffusers folder, in any order.
+"""
+
+import asyncio
+import hashlib
+import json
+import time
+import traceback
+
+from ..checkpoint.detect import NAMES, by_part, detect
+from ..checkpoint.fill import data_size, fill
+from ..checkpoint.safetensors import CheckpointError, read_header
+from ..store.hasher import Hasher
+from ..store.layout import InstallError, gb, model_folder, storage_problem, storage_text
+from ..store.locks import held, model_lock
+from ..store.opfs import js_bytes, remove, room
+from ..store.own import Written, finish, forget, own_id, store_bytes
+from .messages import post
+
+INDEX = "templates/index.json"
+REPORT_SECONDS = 0.25
+ROOM_PROBE = "room-probe.partial"
+
+
+def _reader(file):
+    async def read(start, end):
+        return (await file.slice(start, end).arrayBuffer()).to_bytes()
+    return read
+
+
+async def _fetch(url: str) -> bytes:
+    import js
+
+    response = await js.fetch(url)
+    if not response.ok:
+        raise InstallError(f"{url} could not be fetched (HTTP {response.status}).")
+    return (await response.arrayBuffer()).to_bytes()
+
+
+def _folder_of(part: str) -> str:
+    return "unet" if part.endswith("unet") else part
+
+
+class Importer:
+    def __init__(self, installer, add_model):
+        self.installer = installer
+        self.add_model = add_model  # (entry) -> the ready message's row for it, once it is installed
+        self.index = None
+        self.graphs = {}  # url -> verified template bytes
+        self.tasks = {}
+
+    async def _index(self) -> dict:
+        if self.index is None:
+            self.index = json.loads(await _fetch(INDEX))
+        return self.index
+
+    async def _templates(self, family: str | None = None) -> dict:
+        """{family: {part: graph bytes}}, each checked against the index's sha256."""
+        out = {}
+        for name, meta in (await self._index())["families"].items():
+            if family and name != family:
+                continue
+            out[name] = {}
+            for part, f in meta["parts"].items():
+                if f["url"] not in self.graphs:
+                    data = await _fetch(f["url"])
+                    if hashlib.sha256(data).hexdigest() != f["sha256"]:
+                        raise InstallError(f"the site's template {f['url']} is damaged (its sha256 differs); "
+                                           "reload the page.")
+                    self.graphs[f["url"]] = data
+                out[name][part] = self.graphs[f["url"]]
+        return out
+
+    async def _open(self, files):
+        if not files:
+            raise CheckpointError("no file was given.")
+        for file in files:
+            if not str(file.name).lower().endswith(".safetensors"):
+                raise CheckpointError(f"{file.name} is not a .safetensors file. Lantern imports SDXL checkpoints saved "
+                                      "as .safetensors (one file, or the files of a diffusers folder).")
+        # A diffusers folder has two model.safetensors and two diffusion_pytorch_model.safetensors: keyed by
+        # position, shown by the path the browser gives (webkitRelativePath for a picked folder) or name.
+        shown = [str(getattr(f, "webkitRelativePath", "") or f.name) for f in files]
+        keys = [f"{i}:{name}" for i, name in enumerate(shown)]
+        readers = {k: _reader(f) for k, f in zip(keys, files)}
+        headers = {k: await read_header(readers[k], int(f.size), name) for k, f, name in zip(keys, files, shown)}
+        parts = by_part(headers)
+        file_of = {part: next(k for k, h in headers.items() if h is header) for part, header in parts.items()}
+        digest = hashlib.sha256()
+        for part in sorted(parts):
+            h = parts[part]
+            digest.update(f"{part}:{h.size}:".encode())
+            digest.update(await readers[file_of[part]](0, h.data_start))
+        found = detect(parts, await self._templates())
+        names = {part: k.partition(":")[2] for part, k in file_of.items()}
+        return found, parts, {part: readers[k] for part, k in file_of.items()}, names, digest.hexdigest()
+
+    # -- check -------------------------------------------------------------------------------------
+
+    async def check(self, msg, files):
+        answer = {"type": "checkpoint-checked", "id": msg.get("id"), "message": "", "found": "", "name": "",
+                  "kinds": [], "converted_mb": 0}
+        try:
+            found, parts, _, file_of, _ = await self._open(files)
+            family = (await self._index())["families"][found.family]
+            if found.kind != "sdxl":
+                raise CheckpointError(f"this is {NAMES['refiner_unet']} checkpoint; it is used by Refine, and "
+                                      "importing a refiner of your own is not offered yet.")
+            stem = sorted(file_of.values())[0].rsplit(".", 1)[0] if len(file_of) == 1 else "diffusers model"
+            answer.update(found=found.describe(), name=stem, converted_mb=self._converted_bytes(found, family) / 1e6,
+                          kinds=[{"id": k, "label": v["label"]} for k, v in family["kinds"].items()])
+        except (CheckpointError, InstallError) as e:
+            answer["message"] = _sentence(e)
+        except Exception as e:  # a browser refusal to read the file, say
+            traceback.print_exc()
+            answer["message"] = f"This file cannot be read: {e}"
+        post(answer)
+
+    def _converted_bytes(self, found, family) -> int:
+        """What the converted model keeps: its weights, its graphs, and the tokenizers and scheduler config."""
+        graphs = sum(family["parts"][p]["size"] for p in found.parts)
+        shared = sum(f["size"] for f in self.index["shared"].values())
+        return sum(data_size(found.targets).values()) + graphs + shared
+
+    # -- import ------------------------------------------------------------------------------------
+
+    def start(self, msg, files):
+        job = msg.get("id")
+        task = asyncio.ensure_future(self._run(job, files, str(msg.get("name") or "").strip(),
+                                               str(msg.get("kind") or "")))
+        self.tasks[job] = task
+
+        def ended(task):  # cancelled before it began: nothing was written, the page still hears of it
+            self.tasks.pop(job, None)
+            if task.cancelled():
+                post({"type": "checkpoint-cancelled", "id": job})
+        task.add_done_callback(ended)
+
+    def cancel(self, job):
+        task = self.tasks.get(job)
+        if task and not task.done():
+            task.cancel()
+
+    async def _run(self, job, files, name, kind):
+        model_id = None  # set once this import owns the model's folder (what a failure removes)
+        try:
+            found, parts, readers, file_of, header_digest = await self._open(files)
+            index = await self._index()
+            family = index["families"][found.family]
+            if found.kind != "sdxl":
+                raise CheckpointError("importing a refiner of your own is not offered yet.")
+            if kind not in family["kinds"]:
+                raise CheckpointError("choose what kind of model it is (few-step or base-like).")
+            new_id = own_id(header_digest)
+            if new_id in self.installer.models:
+                raise CheckpointError(f"this checkpoint is already imported, as "
+                                      f"{self.installer.models[new_id]['name']}.")
+            async with held(model_lock(new_id), wait=False) as mine:
+                if not mine:
+                    raise CheckpointError("this checkpoint is being imported in another tab.")
+                model_id = new_id
+                entry = await self._convert(job, model_id, name or model_id, kind, found, parts, readers, file_of,
+                                            family, index)
+            row = await self.add_model(entry)
+            post({"type": "checkpoint-done", "id": job, "model": row,
+                  "message": f"{entry['name']} is ready: converted in {entry['conversion']['seconds']:.0f} s to "
+                             f"{gb(entry['conversion']['bytes'])}."})
+        except asyncio.CancelledError:
+            await _forget_quietly(model_id)
+            post({"type": "checkpoint-cancelled", "id": job})
+        except (CheckpointError, InstallError) as e:
+            await _forget_quietly(model_id)
+            post({"type": "checkpoint-error", "id": job, "message": _sentence(e)})
+        except Exception as e:
+            traceback.print_exc()
+            await _forget_quietly(model_id)
+            post({"type": "checkpoint-error", "id": job, "message": f"The import failed: {storage_text(e)}"})
+        finally:
+            self.tasks.pop(job, None)
+
+    async def _convert(self, job, model_id, name, kind, found, parts, readers, file_of, family, index):
+        import js
+
+        started = time.monotonic()
+        folder = await model_folder(model_id)
+        sizes = data_size(found.targets)
+        templates = (await self._templates(found.family))[found.family]
+        vae = None if found.own_vae else await self._fallback_vae(family)
+        needed = self._converted_bytes(found, family) + (sum(int(f.size) for f in vae.values()) if vae else 0)
+        estimate = await js.navigator.storage.estimate()
+        problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
+        if problem:
+            raise InstallError(problem.replace("this model needs", "the converted model needs"))
+        fits = await room(folder, needed, ROOM_PROBE)
+        if fits < needed:
+            raise InstallError(f"Not enough storage: the converted model needs {gb(needed)}, but this browser "
+                               f"window can store only about {gb(fits)} more for this site.")
+        progress = Progress(job, sum(h.size for h in parts.values()) + sum(sizes.values()))
+        written, converted = {}, {}
+        hashers = {part: Hasher() for part in parts}
+        try:
+            for part in found.parts:
+                written[part] = Written(folder, f"{part}-data")
+                await written[part].open(sizes[part])
+
+            async def write_at(part, offset, raw):
+                written[part].write_at(offset, raw)
+
+            async def on_bytes(part, raw):
+                hashers[part].update(js_bytes(raw))
+                await hashers[part].drain()
+                await progress.add(len(raw), "Reading and converting the checkpoint…")
+
+            await fill(found.plan, parts, readers, write_at, on_bytes)
+            sources = {part: {"name": file_of[part], "size": parts[part].size,
+                              "sha256": await hashers[part].hexdigest()} for part in sorted(parts)}
+            for part in found.parts:
+                async def checked(n):
+                    await progress.add(n, "Checking what was written…")
+                converted[f"{_folder_of(part)}/model.onnx_data"] = list(await written[part].commit(checked))
+                graph = templates[part]
+                converted[f"{_folder_of(part)}/model.onnx"] = list(await store_bytes(
+                    folder, part, graph, family["parts"][part]["sha256"]))
+        finally:
+            for w in written.values():
+                w.close()
+            for h in hashers.values():
+                h.close()
+        for path, f in index["shared"].items():
+            data = await _fetch(f["url"])
+            if hashlib.sha256(data).hexdigest() != f["sha256"]:
+                raise InstallError(f"the site's {f['url']} is damaged (its sha256 differs); reload the page.")
+            converted[path] = list(await store_bytes(folder, path, data, f["sha256"]))
+        if vae:
+            for path, file in vae.items():
+                w = Written(folder, path.replace("/", "-"))
+                await w.open(int(file.size))
+                for start in range(0, int(file.size), 8 << 20):
+                    w.write_at(start, await _reader(file)(start, min(start + (8 << 20), int(file.size))))
+                converted[path] = list(await w.commit())
+        seconds = time.monotonic() - started
+        total = sum(size for _, size in converted.values())
+        entry = own_entry(model_id, name, kind, found, family, sources, total, seconds)
+        await finish(model_id, entry, converted)
+        return entry
+
+    async def _fallback_vae(self, family) -> dict:
+        """path -> File of the VAE decoder of the model the family borrows one from (a checkpoint without a VAE)."""
+        source = family["vae_from"]
+        if source not in self.installer.models or self.installer.state(source) != "installed":
+            name = self.installer.models.get(source, {}).get("name", source)
+            raise CheckpointError(f"this checkpoint has no VAE inside, so SDXL's VAE is used; install {name} first "
+                                  "(its VAE is copied from it).")
+        files = await self.installer.files_for_loading(source)
+        return {p: f for p, f in files.items() if p.startswith("vae_decoder/")}
+
+
+def own_entry(model_id, name, kind, found, family, sources, total, seconds) -> dict:
+    chosen = family["kinds"][kind]
+    variant = dict(family["variant"], disk_bytes=total, files=[])
+    return {"id": model_id, "name": name, "own": True, "pipeline": "sdxl-turbo",
+            "style": f"your checkpoint: {chosen['label'].split(' (')[0]}",
+            "description": f"Imported here from your file: {found.describe()}.",
+            "license": "the licence of the checkpoint you imported", "defaults": chosen["defaults"],
+            "max_steps": chosen["max_steps"], "resolutions": family["resolutions"],
+            "tier_resolutions": family["tier_resolutions"], "vae_scaling_factor": family["vae_scaling_factor"],
+            "vae_scale_factor": family["vae_scale_factor"], "source": sources, "found": found.describe(),
+            "conversion": {"seconds": round(seconds, 1), "bytes": total}, "variants": [variant]}
+
+
+class Progress:
+    def __init__(self, job, total: int):
+        self.job, self.total, self.done = job, max(total, 1), 0
+        self.started = self.last = time.monotonic()
+
+    async def add(self, n: int, message: str):
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= REPORT_SECONDS or self.done >= self.total:
+            self.last = now
+            post({"type": "checkpoint-progress", "id": self.job, "message": message,
+                  "fraction": min(self.done / self.total, 1.0),
+                  "mb_s": self.done / 1e6 / max(now - self.started, 1e-3)})
+        await asyncio.sleep(0)  # a Cancel (and the page's other messages) gets its turn
+
+
+async def _forget_quietly(model_id):
+    if model_id:
+        try:
+            await forget(model_id)
+        except Exception:
+            traceback.print_exc()
+
+
+def _sentence(error) -> str:
+    text = str(error)
+    return text[:1].upper() + text[1:]

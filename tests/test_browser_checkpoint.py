@@ -1,0 +1,163 @@
+"""Importing an SDXL checkpoint in Chromium: the tiny checkpoint, as one A1111/ComfyUI file and as a diffusers
+folder, converted in the worker into a model of the visitor's own that generates what CPython's conversion
+does; refusals in words, the storage check before converting, Cancel, and Delete."""
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from app.pipeline.bundle import to_uint8
+from app.pipeline.turbo import SDXLTurbo
+from app.runtime.ort import OrtRuntime
+from app.store.png import read_parameters
+from checkpoints import SINGLE_FILE, REFINER_FILE, convert, diffusers_folder, single_file
+from conftest import RUN_TIMEOUT_MS, run
+from test_browser import PIXEL_TOLERANCE, fill, generate_and_download
+
+pytestmark = pytest.mark.browser
+OWN = "document.querySelectorAll('#models-list li[id^=\"model-own-\"]').length"
+OPFS_OWN = """async () => {
+    const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models', {create: true});
+    const names = [];
+    for await (const name of models.keys()) if (name.startsWith('own-')) names.push(name);
+    return names;
+}"""
+
+
+@pytest.fixture
+def panel(app):
+    """The shared page, left as it was found: the tiny test model chosen, no model of the visitor's own."""
+    yield app
+    own = app.locator('#models-list li[id^="model-own-"]')
+    for left in range(own.count(), 0, -1):
+        app.once("dialog", lambda dialog: dialog.accept())
+        own.first.get_by_role("button", name="Delete model").click()
+        expect(own).to_have_count(left - 1, timeout=RUN_TIMEOUT_MS)
+    app.get_by_label("Model", exact=True).select_option("tiny-sdxl-turbo")
+    app.get_by_label("Guidance", exact=True).fill("1")
+
+
+def pick(page, *paths):
+    page.set_input_files("#checkpoint-file", [str(p) for p in paths])
+
+
+def import_as(page, name, kind="Turbo or Lightning-like"):
+    page.locator("#checkpoint-name").fill(name)
+    page.get_by_label(kind).check()
+    page.get_by_role("button", name="Convert and keep").click()
+    expect(page.locator("#checkpoint-message")).to_contain_text(f"{name} is ready: converted in",
+                                                                timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_label("Model", exact=True).locator("option:checked")).to_have_text(name)
+
+
+@pytest.fixture(scope="module")
+def cpu_converted(tmp_path_factory, manifest_entry):
+    """The same checkpoint converted on CPython, and the pipeline over it."""
+    folder = tmp_path_factory.mktemp("converted")
+    convert(single_file(), folder)
+    return run(SDXLTurbo.load(OrtRuntime(folder), manifest_entry))
+
+
+def test_a_single_file_checkpoint_is_imported_listed_and_generates_as_cpython(panel, cpu_converted):
+    app = panel
+    pick(app, SINGLE_FILE)
+    expect(app.locator("#checkpoint-found")).to_have_text(
+        "Found: SDXL UNet + CLIP-L + bigG + VAE, f16, 4.3 MB. Converted here to a 4-bit model of 11.7 MB; only "
+        "that is kept.")
+    expect(app.locator("#checkpoint-name")).to_have_value("tiny-sdxl")
+    import_as(app, "My tiny SDXL")
+    row = app.locator('#models-list li[id^="model-own-"]')
+    expect(row).to_have_attribute("data-state", "installed")
+    sha = hashlib.sha256(SINGLE_FILE.read_bytes()).hexdigest()
+    expect(row.locator(".model-details")).to_contain_text(f"tiny-sdxl.safetensors (4.3 MB, sha256 {sha[:12]}…)")
+    expect(row.locator(".model-details")).to_contain_text("your own model, 11.7 MB on disk")
+    expect(app.get_by_label("Steps")).to_have_attribute("max", "8")  # the few-step kind's range
+
+    fill(app, seed="7", steps="2")
+    _, png = generate_and_download(app)
+    params = read_parameters(png)
+    assert params["model"].startswith("own-")
+    expected = to_uint8(run(cpu_converted.generate(params["prompt"], 7, 2, 64, 64)))
+    got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert np.abs(got - expected).max() <= PIXEL_TOLERANCE
+    _, again = generate_and_download(app)
+    assert again == png
+
+    # A reload lists it again, from what is stored (nothing is downloaded for it).
+    app.reload()
+    expect(app.get_by_role("status")).to_have_text("Ready.", timeout=RUN_TIMEOUT_MS)
+    expect(row).to_have_attribute("data-state", "installed")
+    expect(app.get_by_label("Model", exact=True).locator("option", has_text="My tiny SDXL")).to_have_count(1)
+
+
+def test_a_diffusers_folder_converts_to_the_same_model_and_delete_removes_it(panel):
+    app = panel
+    pick(app, SINGLE_FILE)
+    import_as(app, "From one file")
+    fill(app, seed="11", steps="1")
+    one = Image.open(io.BytesIO(generate_and_download(app)[1])).tobytes()
+
+    pick(app, *diffusers_folder().values())
+    expect(app.locator("#checkpoint-found")).to_contain_text("Found: SDXL UNet + CLIP-L + bigG + VAE, f16")
+    expect(app.locator("#checkpoint-name")).to_have_value("diffusers model")
+    import_as(app, "From a folder", kind="Base-like")
+    expect(app.get_by_label("Steps")).to_have_attribute("max", "50")  # the base-like kind's range
+    fill(app, seed="11", steps="1")
+    assert Image.open(io.BytesIO(generate_and_download(app)[1])).tobytes() == one
+
+    before = app.evaluate(OPFS_OWN)
+    assert len(before) == 2
+    app.once("dialog", lambda dialog: dialog.accept())
+    app.locator('#models-list li', has_text="From a folder").get_by_role("button", name="Delete model").click()
+    expect(app.get_by_label("Model", exact=True).locator("option", has_text="From a folder")).to_have_count(0)
+    expect(app.locator('#models-list li[id^="model-own-"]')).to_have_count(1)
+    assert len(app.evaluate(OPFS_OWN)) == 1
+
+
+def test_what_cannot_be_imported_is_refused_in_words_and_nothing_is_kept(panel, tmp_path):
+    app = panel
+    fake = tmp_path / "photo.safetensors"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(SINGLE_FILE.read_bytes()[:-5000])
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    cases = [(fake, "is not a safetensors file"), (cut, "is cut short"), (text, "is not a .safetensors file"),
+             (REFINER_FILE, "SDXL refiner UNet checkpoint; it is used by Refine")]
+    for path, message in cases:
+        pick(app, path)
+        expect(app.locator("#checkpoint-message")).to_contain_text(message)
+        expect(app.locator("#checkpoint-message")).to_have_attribute("role", "alert")
+        expect(app.locator("#checkpoint-options")).to_be_hidden()
+    assert app.evaluate(OPFS_OWN) == []
+
+
+def test_storage_is_checked_before_converting_and_cancel_keeps_nothing(panel):
+    app = panel
+    pick(app, SINGLE_FILE)
+    expect(app.locator("#checkpoint-options")).to_be_visible()
+    usage = app.evaluate("navigator.storage.estimate().then(e => e.usage)")
+    cdp = app.context.new_cdp_session(app)
+    origin = app.evaluate("location.origin")
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": origin, "quotaSize": usage + 1_000_000})
+    try:
+        app.get_by_role("button", name="Convert and keep").click()
+        expect(app.locator("#checkpoint-message")).to_contain_text(
+            "Not enough storage: the converted model needs 11.7 MB", timeout=RUN_TIMEOUT_MS)
+    finally:
+        cdp.send("Storage.overrideQuotaForOrigin", {"origin": origin})
+        cdp.detach()
+    assert app.evaluate(OPFS_OWN) == []
+
+    # Cancel pressed the moment the import starts: nothing is kept, and the same file imports afterwards.
+    app.evaluate("() => { document.getElementById('checkpoint-convert').click(); "
+                 "document.getElementById('checkpoint-cancel').click(); }")
+    expect(app.locator("#checkpoint-message")).to_have_text("Import cancelled; nothing was kept.",
+                                                             timeout=RUN_TIMEOUT_MS)
+    assert app.evaluate(OPFS_OWN) == []
+    expect(app.locator('#models-list li[id^="model-own-"]')).to_have_count(0)
+    import_as(app, "After a cancel")
