@@ -319,8 +319,9 @@ def check_with_diffusers(te1, te2, unet, vae) -> None:
     print("diffusers' single-file conversion gives the same weights: ok")
 
 
-def as_int4(te1, te2, unet, vae):
-    """Copies whose weights that the templates hold as int4 are what MatMulNBits computes with."""
+def as_int4(*modules_and_parts):
+    """Copies whose weights that the templates hold as int4 are what MatMulNBits computes with; each argument
+    is (module, [the template parts made from it])."""
     import copy
 
     import torch
@@ -329,8 +330,7 @@ def as_int4(te1, te2, unet, vae):
     from app.checkpoint.int4 import dequantize, quantize
 
     out = []
-    for module, parts in ((te1, ["text_encoder"]), (te2, ["text_encoder_2"]), (unet, ["unet"]),
-                          (vae, ["vae_decoder", "vae_encoder"])):
+    for module, parts in modules_and_parts:
         clone = copy.deepcopy(module)
         named = dict(clone.named_parameters())
         if "text_model.embeddings.token_embedding.weight" not in named:
@@ -347,7 +347,50 @@ def as_int4(te1, te2, unet, vae):
     return out
 
 
-def record_references(te1, te2, unet, vae) -> None:
+def record_refiner_references(te2, vae, refiner_unet):
+    """The tiny refiner's first and guided cases, refined by diffusers with the int4 values of the weights the
+    refiner checkpoint converts to (the same base latents and noise as models/tiny-sdxl-refiner/reference)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as i2i
+    from transformers import CLIPTokenizer
+
+    from app.pipeline.seeds import refiner_noise
+
+    folder = os.path.join(ROOT, "models", "tiny-sdxl-refiner")
+    recorded = json.load(open(os.path.join(folder, "reference", "cases.json")))["cases"]
+    chosen = [recorded[0], next(c for c in recorded if c["guidance_scale"] > 1)]
+    with np.load(os.path.join(folder, "reference", "reference.npz")) as data:
+        latents = {c["key"]: data[c["key"] + "_base_latents"] for c in chosen}
+    te2_q, unet_q, vae_q = as_int4((te2, ["text_encoder_2"]), (refiner_unet, ["refiner_unet"]),
+                                   (vae, ["vae_decoder", "vae_encoder"]))
+    cfg = {k: v for k, v in refiner.SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae_q, text_encoder=None, text_encoder_2=te2_q, tokenizer=None,
+        tokenizer_2=CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer_2")), unet=unet_q,
+        scheduler=EulerDiscreteScheduler.from_config(cfg), requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    arrays, original = {}, i2i.randn_tensor
+    try:
+        for c in chosen:
+            shape = latents[c["key"]].shape
+            noise = refiner_noise(c["seed"], shape)
+            i2i.randn_tensor = lambda *a, **k: torch.from_numpy(noise.copy())
+            with torch.no_grad():
+                out = pipe(prompt=c["prompt"], image=torch.from_numpy(latents[c["key"]].copy()), strength=c["strength"],
+                           num_inference_steps=c["steps"], guidance_scale=c["guidance_scale"],
+                           negative_prompt="" if c["guidance_scale"] > 1 else None,
+                           aesthetic_score=c["aesthetic_score"], negative_aesthetic_score=c["negative_aesthetic_score"],
+                           output_type="np")
+            arrays["refiner_" + c["key"]] = np.asarray(out.images[0], dtype=np.float32)
+            arrays["refiner_" + c["key"] + "_base_latents"] = latents[c["key"]]
+    finally:
+        i2i.randn_tensor = original
+    return chosen, arrays
+
+
+def record_references(te1, te2, unet, vae, refiner_unet) -> None:
     """Pictures by diffusers' StableDiffusionXLPipeline from the fp16-rounded weights (the parity oracle), as
     they are ({key}) and with the linear weights the templates quantize replaced by their int4 values
     ({key}_int4: the same weights the converted model computes with)."""
@@ -362,7 +405,8 @@ def record_references(te1, te2, unet, vae) -> None:
                                      add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     arrays, cases, original = {}, [], ead.randn_tensor
-    quantized = as_int4(te1, te2, unet, vae)
+    quantized = as_int4((te1, ["text_encoder"]), (te2, ["text_encoder_2"]), (unet, ["unet"]),
+                        (vae, ["vae_decoder", "vae_encoder"]))
     try:
         for i, (prompt, seed, steps, h, w), suffix in [(i, c, s) for s in ("", "_int4") for i, c in enumerate(CASES)]:
             if suffix:
@@ -381,12 +425,17 @@ def record_references(te1, te2, unet, vae) -> None:
                 cases.append({"key": key, "prompt": prompt, "seed": seed, "steps": steps, "height": h, "width": w})
     finally:
         ead.randn_tensor = original
+    refiner_cases, refiner_arrays = record_refiner_references(te2, vae, refiner_unet)
+    arrays |= refiner_arrays
     base.write_json(os.path.join(OUT, "reference.json"), {
         "description": "diffusers StableDiffusionXLPipeline (fp32 CPU, guidance 0) with the checkpoint's weights; "
                        "noise as models/tiny-sdxl-turbo/reference/cases.json describes. reference.npz: {key} = "
                        "HWC float32 image in [0, 1]; {key}_int4 = the same with every linear weight that the "
-                       "templates quantize replaced by its int4 value (app/checkpoint/int4.py dequantize).",
-        "cases": cases})
+                       "templates quantize replaced by its int4 value (app/checkpoint/int4.py dequantize). "
+                       "refiner_cases: models/tiny-sdxl-refiner's cases (the same base latents and noise), refined "
+                       "by diffusers' StableDiffusionXLImg2ImgPipeline with tiny-sdxl-refiner.safetensors' weights "
+                       "at their int4 values: refiner_{key}.",
+        "cases": cases, "refiner_cases": refiner_cases})
     base.save_npz_deterministic(os.path.join(OUT, "reference.npz"), arrays)
 
 
@@ -398,7 +447,7 @@ def main() -> int:
     export_templates(te1, te2, unet, vae, refiner_unet)
     write_checkpoints(te1, te2, unet, vae, refiner_unet)
     check_with_diffusers(te1, te2, unet, vae)
-    record_references(te1, te2, unet, vae)
+    record_references(te1, te2, unet, vae, refiner_unet)
     for folder in (TEMPLATES, OUT):
         for dirpath, _, files in sorted(os.walk(folder)):
             for f in sorted(files):

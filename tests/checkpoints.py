@@ -45,7 +45,7 @@ def diffusers_folder() -> dict:
     return {part: CHECKPOINT / "diffusers" / name for part, name in DIFFUSERS.items()}
 
 
-def convert(files: dict, out: Path, found_hook=None, on_bytes=None):
+def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SHARED / "scheduler_config.json"):
     """Convert into a bundle folder the pipeline loads ({part}/model.onnx + model.onnx_data, and the
     tokenizers and scheduler SDXL bundles share); returns what detect() found."""
     async def go():
@@ -73,6 +73,6 @@ def convert(files: dict, out: Path, found_hook=None, on_bytes=None):
                 h.close()
         for name in ("tokenizer", "tokenizer_2"):
             shutil.copytree(SHARED / name, out / name, dirs_exist_ok=True)
-        shutil.copy(SHARED / "scheduler_config.json", out / "scheduler_config.json")
+        shutil.copy(scheduler, out / "scheduler_config.json")
         return found
     return run(go())

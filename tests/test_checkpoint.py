@@ -263,3 +263,30 @@ def test_the_files_of_a_diffusers_folder_are_told_apart_by_their_tensors():
         by_part(run(headers(folder + folder[:1])))
     with pytest.raises(CheckpointError, match="no UNet"):
         by_part(run(headers(folder[:-1])))
+
+
+def test_the_refiner_converted_from_safetensors_refines_as_diffusers(tmp_path):
+    """tiny-sdxl-refiner.safetensors (UNet, bigG, VAE in the single-file layout) converted, then run through the
+    app's refine path: the pictures diffusers' img2img pipeline makes from the same (int4) weights and base latents."""
+    from app.pipeline.refiner import SDXLRefiner
+    from app.runtime.ort import OrtRuntime
+    from app.worker.device import pick_variant
+    from conftest import ROOT
+
+    refiner_bundle = ROOT / "models" / "tiny-sdxl-refiner"
+    found = convert(single_file(REFINER_FILE), tmp_path, scheduler=refiner_bundle / "scheduler_config.json")
+    assert found.kind == "sdxl-refiner"
+    entry = pick_variant(json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text()), {})
+    refiner = run(SDXLRefiner.load(OrtRuntime(tmp_path), entry))
+    cases = json.loads((CHECKPOINT / "reference.json").read_text())["refiner_cases"]
+    assert any(c["guidance_scale"] > 1 for c in cases)
+    with np.load(CHECKPOINT / "reference.npz") as data:
+        for case in cases:
+            got = run(refiner.refine(case["prompt"], case["seed"], data[f"refiner_{case['key']}_base_latents"],
+                                     case["strength"], case["steps"], guidance_scale=case["guidance_scale"],
+                                     negative_prompt=case["negative_prompt"], aesthetic_score=case["aesthetic_score"],
+                                     negative_aesthetic_score=case["negative_aesthetic_score"]))
+            diff = np.abs(got - data[f"refiner_{case['key']}"])
+            print(f"refiner {case['key']}: max |diff| {diff.max():.2e}")
+            assert diff.max() < SAME_WEIGHTS
+    refiner.release()
