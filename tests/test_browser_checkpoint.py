@@ -17,6 +17,7 @@ from app.store.png import read_parameters
 from checkpoints import SINGLE_FILE, REFINER_FILE, convert, diffusers_folder, single_file
 from conftest import RUN_TIMEOUT_MS, run
 from test_browser import PIXEL_TOLERANCE, fill, generate_and_download
+from test_browser_studio import audit
 
 pytestmark = pytest.mark.browser
 OWN = "document.querySelectorAll('#models-list li[id^=\"model-own-\"]').length"
@@ -69,6 +70,7 @@ def test_a_single_file_checkpoint_is_imported_listed_and_generates_as_cpython(pa
         "Found: SDXL UNet + CLIP-L + bigG + VAE, f16, 4.3 MB. Converted here to a 4-bit model of 11.7 MB; only "
         "that is kept.")
     expect(app.locator("#checkpoint-name")).to_have_value("tiny-sdxl")
+    assert audit(app, "checkpoint found") == []
     import_as(app, "My tiny SDXL")
     row = app.locator('#models-list li[id^="model-own-"]')
     expect(row).to_have_attribute("data-state", "installed")
@@ -133,6 +135,7 @@ def test_what_cannot_be_imported_is_refused_in_words_and_nothing_is_kept(panel, 
         expect(app.locator("#checkpoint-message")).to_contain_text(message)
         expect(app.locator("#checkpoint-message")).to_have_attribute("role", "alert")
         expect(app.locator("#checkpoint-options")).to_be_hidden()
+    assert audit(app, "checkpoint refused") == []
     assert app.evaluate(OPFS_OWN) == []
 
 
