@@ -4,6 +4,8 @@ does; refusals in words, the storage check before converting, Cancel, and Delete
 
 import hashlib
 import io
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
 from app.store.png import read_parameters
 from checkpoints import SINGLE_FILE, REFINER_FILE, convert, diffusers_folder, single_file
-from conftest import RUN_TIMEOUT_MS, run
+from conftest import ROOT, RUN_TIMEOUT_MS, run
 from test_browser import PIXEL_TOLERANCE, fill, generate_and_download
 from test_browser_studio import audit
 
@@ -164,3 +166,38 @@ def test_storage_is_checked_before_converting_and_cancel_keeps_nothing(panel):
     assert app.evaluate(OPFS_OWN) == []
     expect(app.locator('#models-list li[id^="model-own-"]')).to_have_count(0)
     import_as(app, "After a cancel")
+
+
+def without_vae(path):
+    """The tiny single file with its VAE's entries taken out of the header (the bytes stay; nothing points at them)."""
+    raw = SINGLE_FILE.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    kept = json.dumps({k: v for k, v in header.items() if not k.startswith("first_stage_model.")}).encode()
+    path.write_bytes(len(kept).to_bytes(8, "little") + kept + raw[8 + length:])
+    return path
+
+
+def test_a_checkpoint_without_a_vae_borrows_the_installed_sdxl_models(panel, tmp_path, manifest_entry):
+    app = panel
+    tiny = app.locator("#model-tiny-sdxl-turbo")
+    if tiny.get_attribute("data-state") == "not-installed":  # (the page may be installing it already)
+        tiny.get_by_role("button", name="Install", exact=True).click()
+    expect(tiny).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+    path = without_vae(tmp_path / "no-vae.safetensors")
+    pick(app, path)
+    expect(app.locator("#checkpoint-found")).to_contain_text(
+        "SDXL UNet + CLIP-L + bigG, f16, 4.3 MB (no VAE inside: SDXL's VAE will be used)")
+    import_as(app, "Without a VAE")
+    fill(app, seed="5", steps="1")
+    png = generate_and_download(app)[1]
+
+    # CPython: the same conversion, with the tiny SDXL-Turbo's VAE decoder beside it.
+    out = tmp_path / "converted"
+    convert(single_file(path), out)
+    (out / "vae_decoder").mkdir()
+    shutil.copy(ROOT / "models" / "tiny-sdxl-turbo" / "vae_decoder" / "model.onnx", out / "vae_decoder" / "model.onnx")
+    pipe = run(SDXLTurbo.load(OrtRuntime(out), manifest_entry))
+    expected = to_uint8(run(pipe.generate(read_parameters(png)["prompt"], 5, 1, 64, 64)))
+    got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert np.abs(got - expected).max() <= PIXEL_TOLERANCE
