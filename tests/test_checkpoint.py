@@ -145,8 +145,8 @@ def test_a_wrong_key_mapping_moves_the_picture_far_more(tmp_path, manifest_entry
     if wrong.startswith("bigG"):
         original = keys.bigg_source
 
-        def mistaken(key, width=0):
-            s = original(key, width)
+        def mistaken(key):
+            s = original(key)
             return keys.Source(s.key, ({1: 2, 2: 1}.get(s.rows[0], 0), 3)) if s.rows else s
         monkeypatch.setattr(keys, "bigg_source", mistaken)
     elif wrong.startswith("UNet"):

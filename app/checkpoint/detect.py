@@ -158,6 +158,27 @@ def by_part(headers: dict) -> dict:
     return {part: header for part, (_, header) in parts.items()}
 
 
+def _plan(wanted, all_targets, text, single, tensor, file_of):
+    """(plan, own VAE) when every tensor of the parts `wanted` is in the files with a shape its slot takes, else
+    None. `tensor(part, key)` finds a source tensor, `file_of(part)` names its file."""
+    plan, own_vae = {}, True
+    for part in wanted:
+        if part.startswith("text") and single and part not in text:
+            return None
+        unet = all_targets[part] if part.endswith("unet") else all_targets["unet"]
+        layout = _layout(unet, all_targets["vae_decoder"]) | text
+        sources = _sources(part, all_targets[part], single, layout)
+        checks = [(t, sources[k], tensor(part, sources[k].key)) for k, t in all_targets[part].items()]
+        if part == "vae_decoder" and all(found is None for _, _, found in checks):
+            own_vae = False  # SDXL's VAE stands in (the worker copies an installed model's)
+            continue
+        if not all(_fits(t, s, found) for t, s, found in checks):
+            return None
+        for t, s, found in checks:
+            plan.setdefault((file_of(part), found.name), []).append((t, s))
+    return plan, own_vae
+
+
 def detect(headers: dict, templates: dict) -> Found:
     """headers: {SINGLE: Header} or {diffusers folder part: Header}; templates: {family: {part: bytes}}."""
     single = SINGLE in headers
@@ -178,34 +199,16 @@ def detect(headers: dict, templates: dict) -> Found:
     _refuse_other_architectures(set(unet_file.tensors), lambda n: unet_file.tensors[n], single)
     names = set().union(*(h.tensors for h in headers.values()))
     text = _text_layout(names) if single else {}
-    refused = []
     for family, parts in sorted(templates.items()):
         all_targets = {part: targets(part, raw) for part, raw in parts.items()}
-        layout = _layout(all_targets.get("unet", {}), all_targets.get("vae_decoder", {})) | text
         for kind, wanted in PARTS.items():
-            plan, fits, own_vae = {}, True, True
-            for part in wanted:
-                part_layout = layout | (_layout(all_targets[part], all_targets["vae_decoder"]) if part.endswith("unet") else {})
-                if part.startswith("text") and single and part not in text:
-                    fits = False
-                    break
-                sources = _sources(part, all_targets[part], single, part_layout)
-                checks = [(t, sources[k], tensor(part, sources[k].key)) for k, t in all_targets[part].items()]
-                if part == "vae_decoder" and all(found is None for _, _, found in checks):
-                    own_vae = False
-                    continue
-                if not all(_fits(t, s, found) for t, s, found in checks):
-                    fits = False
-                    break
-                for t, s, found in checks:
-                    plan.setdefault((file_of(part), found.name), []).append((t, s))
-            if fits:
+            planned = _plan(wanted, all_targets, text, single, tensor, file_of)
+            if planned:
+                plan, own_vae = planned
                 used = [p for p in wanted if own_vae or p != "vae_decoder"]
                 floats = {headers[f].tensors[k].dtype for f, k in plan}
                 return Found(kind, family, tuple(used), plan, "/".join(sorted(floats)),
-                             sum(h.size for h in headers.values()), own_vae,
-                             {p: all_targets[p] for p in used})
-            refused.append(kind)
+                             sum(h.size for h in headers.values()), own_vae, {p: all_targets[p] for p in used})
     unet_tensors = [t for n, t in unet_file.tensors.items() if n.endswith("conv_in.weight") or
                     n.endswith("input_blocks.0.0.weight")]
     width = unet_tensors[0].shape[0] if unet_tensors else "?"

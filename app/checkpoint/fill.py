@@ -12,7 +12,7 @@ import numpy as np
 from ..onnx.slots import FLOAT, UINT8, slots as template_slots
 from . import int4
 from .keys import Source
-from .safetensors import CheckpointError, Header, stream
+from .safetensors import CheckpointError, stream
 from .templates import BLOCK_SIZE, SYMMETRIC
 
 SCALES = ".scales"
@@ -109,7 +109,3 @@ def data_size(parts_targets: dict) -> dict:
     """part -> bytes of its model.onnx_data."""
     return {part: max((max(t.offset + t.length, t.scales_offset + t.scales_length) for t in ts.values()), default=0)
             for part, ts in parts_targets.items()}
-
-
-def header_dtypes(header: Header) -> str:
-    return "/".join(sorted(header.dtypes & {"F16", "BF16", "F32"})) or "no float"

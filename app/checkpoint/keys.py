@@ -87,7 +87,7 @@ def vae_source(key: str, blocks: int) -> tuple[str, bool]:
     return _rename(key, (("encoder.conv_norm_out", "encoder.norm_out"), ("decoder.conv_norm_out", "decoder.norm_out"))), False
 
 
-def bigg_source(key: str, width: int) -> Source:
+def bigg_source(key: str) -> Source:
     """OpenCLIP name of a diffusers CLIPTextModelWithProjection key (SDXL's second text encoder)."""
     if key == "text_projection.weight":
         return Source("text_projection", transpose=True)
@@ -115,6 +115,6 @@ def single_file_sources(part: str, keys, layout: dict) -> dict:
         elif part == "text_encoder":
             out[key] = Source(f"{EMBEDDERS}{layout['text_encoder']}.transformer.{key}")
         else:
-            s = bigg_source(key, 0)
+            s = bigg_source(key)
             out[key] = Source(f"{EMBEDDERS}{layout['text_encoder_2']}.model.{s.key}", s.rows, s.transpose)
     return out
