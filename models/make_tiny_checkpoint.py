@@ -4,7 +4,8 @@
 Run from the repository root, after models/make_tiny_sdxl_turbo.py and make_tiny_sdxl_refiner.py (same heavy
 dependencies: torch, diffusers, transformers, onnx, onnxruntime):
 
-    python models/make_tiny_checkpoint.py
+    python models/make_tiny_checkpoint.py            # write everything below
+    python models/make_tiny_checkpoint.py --check    # write it to a scratch folder; fail if any byte differs
 
 It rebuilds the tiny SDXL-Turbo's and the tiny refiner's torch modules from their seeds, rounds every weight to
 fp16 (what checkpoints hold), and writes:
@@ -440,6 +441,32 @@ def record_references(te1, te2, unet, vae, refiner_unet) -> None:
 
 
 def main() -> int:
+    global TEMPLATES, OUT
+    if "--check" in sys.argv[1:]:
+        import filecmp
+
+        committed = {"templates": TEMPLATES, "checkpoint": OUT}
+        with tempfile.TemporaryDirectory() as tmp:
+            TEMPLATES, OUT = os.path.join(tmp, "templates"), os.path.join(tmp, "checkpoint")
+            build()
+            differ = []
+            for name, fresh in (("templates", TEMPLATES), ("checkpoint", OUT)):
+                for dirpath, _, files in os.walk(fresh):
+                    for f in files:
+                        rel = os.path.relpath(os.path.join(dirpath, f), fresh)
+                        if not filecmp.cmp(os.path.join(dirpath, f), os.path.join(committed[name], rel), shallow=False):
+                            differ.append(os.path.join(committed[name], rel))
+        print("\n".join(f"differs: {os.path.relpath(d, ROOT)}" for d in differ) or "every file is as committed")
+        return 1 if differ else 0
+    build()
+    for folder in (TEMPLATES, OUT):
+        for dirpath, _, files in sorted(os.walk(folder)):
+            for f in sorted(files):
+                print(f"{os.path.getsize(os.path.join(dirpath, f)):>10,}  {os.path.relpath(os.path.join(dirpath, f), ROOT)}")
+    return 0
+
+
+def build() -> None:
     base.prepare_torch()
     te1, te2, unet, vae = base.build_models()
     refiner_unet = refiner.build_refiner_unet()
@@ -448,11 +475,6 @@ def main() -> int:
     write_checkpoints(te1, te2, unet, vae, refiner_unet)
     check_with_diffusers(te1, te2, unet, vae)
     record_references(te1, te2, unet, vae, refiner_unet)
-    for folder in (TEMPLATES, OUT):
-        for dirpath, _, files in sorted(os.walk(folder)):
-            for f in sorted(files):
-                print(f"{os.path.getsize(os.path.join(dirpath, f)):>10,}  {os.path.relpath(os.path.join(dirpath, f), ROOT)}")
-    return 0
 
 
 if __name__ == "__main__":
