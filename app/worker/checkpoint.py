@@ -243,11 +243,14 @@ class Importer:
             converted[path] = list(await store_bytes(folder, path, data, f["sha256"]))
         if vae:
             for path, file in vae.items():
-                w = Written(folder, path.replace("/", "-"))
-                await w.open(int(file.size))
-                for start in range(0, int(file.size), 8 << 20):
-                    w.write_at(start, await _reader(file)(start, min(start + (8 << 20), int(file.size))))
-                converted[path] = list(await w.commit())
+                copy, size, read = Written(folder, path.replace("/", "-")), int(file.size), _reader(file)
+                try:
+                    await copy.open(size)
+                    for start in range(0, size, 8 << 20):
+                        copy.write_at(start, await read(start, min(start + (8 << 20), size)))
+                    converted[path] = list(await copy.commit())
+                finally:
+                    copy.close()
         seconds = time.monotonic() - started
         total = sum(size for _, size in converted.values())
         entry = own_entry(model_id, name, kind, found, family, sources, total, seconds)
