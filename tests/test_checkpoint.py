@@ -218,6 +218,10 @@ def test_clear_errors_for_what_cannot_be_imported(tmp_path):
     assert "LoRA" in _refusal(_header_file(tmp_path, lora, data))
     vae, data = _fake({"first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3)})
     assert "only a VAE" in _refusal(_header_file(tmp_path, vae, data))
+    real, data = _fake({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+                        "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)})
+    assert ("this is a full-size SDXL checkpoint. Converting one needs the SDXL graph templates, which this version "
+            "of Lantern does not include yet.") in _refusal(_header_file(tmp_path, real, data))
 
 
 def test_an_unknown_dtype_or_a_wider_sdxl_is_named(tmp_path):

@@ -18,6 +18,8 @@ DIFFUSERS_FILES = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder
                    "vae_decoder": "vae", "vae_encoder": "vae"}
 NAMES = {"unet": "SDXL UNet", "refiner_unet": "SDXL refiner UNet", "text_encoder": "CLIP-L",
          "text_encoder_2": "bigG", "vae_decoder": "VAE"}
+FULL_SIZE_WIDTHS = {320: "SDXL", 384: "SDXL refiner"}  # the UNet's first convolution's channels
+FULL_SIZE_FAMILIES = ("sdxl",)
 PARTS = {"sdxl": ("unet", "text_encoder", "text_encoder_2", "vae_decoder"),
          "sdxl-refiner": ("refiner_unet", "text_encoder_2", "vae_decoder")}
 
@@ -209,8 +211,10 @@ def detect(headers: dict, templates: dict) -> Found:
                 floats = {headers[f].tensors[k].dtype for f, k in plan}
                 return Found(kind, family, tuple(used), plan, "/".join(sorted(floats)),
                              sum(h.size for h in headers.values()), own_vae, {p: all_targets[p] for p in used})
-    unet_tensors = [t for n, t in unet_file.tensors.items() if n.endswith("conv_in.weight") or
-                    n.endswith("input_blocks.0.0.weight")]
-    width = unet_tensors[0].shape[0] if unet_tensors else "?"
-    raise CheckpointError(f"this SDXL-like checkpoint (UNet width {width}) does not fit the model shapes this app "
-                          "can build (SDXL base, Turbo, Lightning and fine-tunes, or the SDXL refiner).")
+    width = next((t.shape[0] for n, t in unet_file.tensors.items()
+                  if n.endswith(("conv_in.weight", "input_blocks.0.0.weight"))), None)
+    if width in FULL_SIZE_WIDTHS and not any(f in templates for f in FULL_SIZE_FAMILIES):
+        raise CheckpointError(f"this is a full-size {FULL_SIZE_WIDTHS[width]} checkpoint. Converting one needs the "
+                              "SDXL graph templates, which this version of Lantern does not include yet.")
+    raise CheckpointError(f"this SDXL-like checkpoint (UNet width {width or '?'}) does not fit the model shapes this "
+                          "app can build (SDXL base, Turbo, Lightning and fine-tunes, or the SDXL refiner).")
