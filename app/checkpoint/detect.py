@@ -5,6 +5,7 @@ the UNet decides the kind: SDXL base-shaped (base, Turbo, Lightning and their fi
 refiner, whichever template its every tensor fits; other architectures are named and refused.
 """
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from . import keys
 from .fill import Target, targets
 from .keys import Source
 from .safetensors import CheckpointError, Header
+from .templates import BLOCK_SIZE
 
 SINGLE = "checkpoint"  # the file id of a single-file checkpoint
 DIFFUSERS_FILES = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2",
@@ -94,24 +96,11 @@ def _fits(target: Target, source: Source, tensor) -> bool:
     if source.transpose:
         shape = shape[::-1]
     if source.flatten:
-        shape = [shape[0], tensor_count(shape) // shape[0]]
-    count = 1
-    for d in shape:
-        count *= d
+        shape = [shape[0], math.prod(shape) // shape[0]]
     if target.kind == "float":
-        want = 1
-        for d in target.dims:
-            want *= d
-        return count == want
+        return math.prod(shape) == math.prod(target.dims)
     n, blocks, _ = target.dims
-    return len(shape) == 2 and shape[0] == n and (blocks - 1) * 32 < shape[1] <= blocks * 32
-
-
-def tensor_count(shape) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count
+    return len(shape) == 2 and shape[0] == n and (blocks - 1) * BLOCK_SIZE < shape[1] <= blocks * BLOCK_SIZE
 
 
 def _text_layout(names: set) -> dict:

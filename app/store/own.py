@@ -87,7 +87,7 @@ class Written:
             self.access = None
 
 
-async def store_bytes(folder, name: str, data: bytes, digest: str) -> tuple[str, int]:
+async def store_bytes(folder, data: bytes, digest: str) -> tuple[str, int]:
     """Small bytes (a graph, a tokenizer) stored under their known digest."""
     writable = await (await folder.getFileHandle(digest, options(create=True))).createWritable()
     await writable.write(js_bytes(data))

@@ -230,7 +230,7 @@ class Importer:
                 converted[f"{_folder_of(part)}/model.onnx_data"] = list(await written[part].commit(checked))
                 graph = templates[part]
                 converted[f"{_folder_of(part)}/model.onnx"] = list(await store_bytes(
-                    folder, part, graph, family["parts"][part]["sha256"]))
+                    folder, graph, family["parts"][part]["sha256"]))
         finally:
             for w in written.values():
                 w.close()
@@ -240,7 +240,7 @@ class Importer:
             data = await _fetch(f["url"])
             if hashlib.sha256(data).hexdigest() != f["sha256"]:
                 raise InstallError(f"the site's {f['url']} is damaged (its sha256 differs); reload the page.")
-            converted[path] = list(await store_bytes(folder, path, data, f["sha256"]))
+            converted[path] = list(await store_bytes(folder, data, f["sha256"]))
         if vae:
             for path, file in vae.items():
                 copy, size, read = Written(folder, path.replace("/", "-")), int(file.size), _reader(file)
