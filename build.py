@@ -10,6 +10,8 @@ What goes in, and where it lands in the site:
                                site (or serve.py's models/) holds must match its entry's size and sha256
   models/sdxl/**            -> sdxl/ (the tokenizers and scheduler config every SDXL bundle shares;
                                fetched only by installs, so not precached)
+  models/templates/**       -> templates/ (graph templates and their index.json; the graphs are fetched
+                               only by checkpoint imports, so not precached)
   pyproject.toml            -> build-info.json (app version) together with the pins below
   (the manifest's hosts)    -> headers.json: the Content-Security-Policy and the other security
                                headers, sent by serve.py and added by sw.js to what it serves
@@ -534,11 +536,12 @@ SW_BUILD_LINE = 'const BUILD = {"version": "unbuilt", "files": {}, "headers": {}
 def service_worker(site: dict[str, bytes], template: bytes) -> bytes:
     """sw.js for this site: the template with the build's version and its precache list.
 
-    Every other file of the site but the shared model files (installs fetch those into OPFS) is
-    precached under its content hash; the version hashes them all, so any change to the site changes sw.js, which is how browsers learn of a new build.
+    Every other file of the site but the shared model files (installs fetch those into OPFS) and the graph
+    templates (13 MB at full size, fetched only by checkpoint imports) is precached under its content hash; the version hashes them all, so any change to the site changes sw.js, which is how browsers learn of a new build.
     """
     files = {rel: sha256_hex(data)[:16] for rel, data in sorted(site.items())
-             if rel != SERVICE_WORKER and not rel.startswith(SHARED + "/")}
+             if rel != SERVICE_WORKER and not rel.startswith(SHARED + "/")
+             and not (rel.startswith(TEMPLATES + "/") and rel.endswith(".onnx"))}
     version = sha256_hex("".join(f"{rel} {h}\n" for rel, h in files.items()).encode())[:16]
     text = template.decode("utf-8")
     if text.count(SW_BUILD_LINE) != 1:

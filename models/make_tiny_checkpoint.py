@@ -10,6 +10,7 @@ dependencies: torch, diffusers, transformers, onnx, onnxruntime):
 It rebuilds the tiny SDXL-Turbo's and the tiny refiner's torch modules from their seeds, rounds every weight to
 fp16 (what checkpoints hold), and writes:
     models/templates/tiny-sdxl/<part>.onnx
+        made by models/make_templates.py's write_template, as the full-size family:
         the graph of each part with no weights: every weight initializer is named after its diffusers key and
         points at its byte range of model.onnx_data. Every MatMul over a linear weight is MatMulNBits (4-bit,
         block 32, symmetric, float32 scales: slots `<key>` and `<key>.scales`); everything else is float32.
@@ -37,6 +38,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "models"))
+import make_templates  # noqa: E402
 import make_tiny_sdxl_turbo as base  # noqa: E402
 
 from app.checkpoint import keys  # noqa: E402
@@ -59,28 +61,8 @@ CASES = [("a photo of a cat", 42, 2, 64, 64), ("a red fox in the snow", 7, 1, 64
 
 
 def state(module) -> dict:
-    """diffusers/transformers keys as the published files name them (CLIP-L under `text_model.`, as
-    transformers 4 saved it; transformers 5 drops that level in memory)."""
-    from transformers import CLIPTextModel
-
-    prefix = "text_model." if type(module) is CLIPTextModel else ""
-    return {(k if k.startswith(prefix) else prefix + k): v.detach().numpy().astype(np.float32)
-            for k, v in module.state_dict().items()}
-
-
-def fingerprinted(module, seed: int):
-    """A copy whose every weight is a distinct random value, so that each exported initializer can be
-    traced to the weight it came from (the exporter folds, reshapes, transposes and deduplicates them)."""
-    import copy
-
-    import torch
-
-    clone = copy.deepcopy(module)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in clone.parameters():
-            p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-    return clone
+    key = make_templates.key_of(module)
+    return {key(k): v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
 
 
 def round_to_fp16(*modules) -> None:
@@ -96,141 +78,13 @@ def round_to_fp16(*modules) -> None:
 # templates
 
 
-def to_template(exported: str, weights: dict, out: str) -> None:
-    """The exported graph with each weight initializer renamed to its key and moved to a slot of
-    model.onnx_data; MatMuls over a linear weight become MatMulNBits."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load(exported)
-    graph = model.graph
-    by_bytes = {}  # a weight's values in order, or transposed: folding may also reshape them
-    for key, value in weights.items():
-        by_bytes.setdefault(value.tobytes(), []).append((key, False))
-        if value.ndim == 2:
-            by_bytes.setdefault(np.ascontiguousarray(value.T).tobytes(), []).append((key, True))
-    consumers = {}
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, i))
-
-    matched, shapes = {}, {}
-    for init in graph.initializer:
-        value = numpy_helper.to_array(init)
-        found = by_bytes.get(value.tobytes(), []) if value.dtype == np.float32 and value.size > 1 else []
-        if len(found) == 1:
-            matched[init.name] = found[0]
-            shapes.setdefault(found[0][0], set()).add(tuple(value.shape))
-        elif found:
-            raise SystemExit(f"{out}: initializer {init.name} {value.shape} matches {found}")
-    unused = set(weights) - {key for key, _ in matched.values()}
-    if unused:
-        raise SystemExit(f"{out}: no initializer holds {sorted(unused)[:5]}")
-    if any(len(v) > 1 for v in shapes.values()):
-        raise SystemExit(f"{out}: a weight is used in two shapes: {[k for k, v in shapes.items() if len(v) > 1]}")
-
-    nodes, slots = [], []
-    for node in graph.node:
-        source = matched.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if source and source[1]:
-            key = source[0]
-            n, k = weights[key].shape
-            nodes.append(helper.make_node("MatMulNBits", [node.input[0], key, key + ".scales"], list(node.output),
-                                          name=node.name, domain="com.microsoft", K=k, N=n, bits=4,
-                                          block_size=BLOCK_SIZE))
-            blocks = -(-k // BLOCK_SIZE)
-            slots += [(key, TensorProto.UINT8, [n, blocks, BLOCK_SIZE // 2]), (key + ".scales", TensorProto.FLOAT, [n * blocks])]
-            continue
-        node.input[:] = [matched[i][0] if i in matched and not matched[i][1] else i for i in node.input]
-        nodes.append(node)
-    for name, (key, transposed) in matched.items():
-        users = consumers.get(name, [])
-        if transposed and any(node.op_type != "MatMul" or i != 1 for node, i in users):
-            raise SystemExit(f"{out}: {key} is used transposed outside a MatMul")
-        if not transposed:
-            slots.append((key, TensorProto.FLOAT, list(next(iter(shapes[key])))))
-    kept = [init for init in graph.initializer if init.name not in matched]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    seen, offset = set(), 0
-    for key, data_type, dims in slots:
-        if key in seen:
-            continue
-        seen.add(key)
-        tensor = TensorProto(name=key, data_type=data_type, dims=dims, data_location=TensorProto.EXTERNAL)
-        length = int(np.prod(dims)) * (1 if data_type == TensorProto.UINT8 else 4)
-        for k, v in (("location", "model.onnx_data"), ("offset", str(offset)), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = k, v
-        graph.initializer.append(tensor)
-        offset += length
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    model.producer_name, model.producer_version = "lantern-template", "1"
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "wb") as f:
-        f.write(model.SerializeToString())
-
-
 def export_templates(te1, te2, unet, vae, refiner_unet) -> None:
-    import torch
+    import copy
 
-    te1, te2, unet, vae, refiner_unet = (fingerprinted(m, base.SEED + 500 + i)
-                                         for i, m in enumerate((te1, te2, unet, vae, refiner_unet)))
-    with tempfile.TemporaryDirectory() as tmp:
-        def done(part, module_weights, path):
-            if part.startswith("vae"):
-                encoder = part == "vae_encoder"
-                module_weights = {k: v for k, v in module_weights.items()
-                                  if k.startswith(("encoder.", "quant_conv.")) == encoder}
-            to_template(path, module_weights, os.path.join(TEMPLATES, part + ".onnx"))
-
-        path = os.path.join(tmp, "te1", "model.onnx")
-        base.export_text_encoder(te1, False, torch.int64, path)
-        done("text_encoder", state(te1), path)
-        path = os.path.join(tmp, "te2", "model.onnx")
-        base.export_text_encoder(te2, True, torch.int32, path)
-        done("text_encoder_2", state(te2), path)
-        path = os.path.join(tmp, "unet", "model.onnx")
-        base.export_unet(unet, base.TE1["hidden_size"] + base.TE2["hidden_size"], base.TE2["projection_dim"], path)
-        done("unet", state(unet), path)
-        path = os.path.join(tmp, "refiner", "model.onnx")
-        export_refiner(refiner_unet, path)
-        done("refiner_unet", state(refiner_unet), path)
-        path = os.path.join(tmp, "vae_decoder", "model.onnx")
-        base.export_vae_decoder(vae, path)
-        done("vae_decoder", state(vae), path)
-        path = os.path.join(tmp, "vae_encoder", "model.onnx")
-        axes = {0: "batch_size", 2: "height", 3: "width"}
-        base.export_module(encoder_mean(vae), (torch.randn(1, 3, 64, 64),), path, ["sample"], ["latent_mean"],
-                           {"sample": axes, "latent_mean": axes})
-        done("vae_encoder", state(vae), path)
-
-
-def export_refiner(unet, path) -> None:
-    import torch
-
-    te2 = base.TE2
-    args = (torch.randn(1, 4, 8, 8), torch.tensor([999.0]), torch.randn(1, base.MAX_LEN, te2["hidden_size"]),
-            torch.randn(1, te2["projection_dim"]), torch.tensor([[64.0, 64.0, 0.0, 0.0, 6.0]]))
-    base.export_module(base.unet_module(unet), args, path, base.UNET_INPUTS, base.UNET_OUTPUTS,
-                       base.UNET_DYNAMIC_AXES, external_data=True)
-
-
-def encoder_mean(vae):
-    import torch
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = vae
-
-        def forward(self, sample):
-            return self.model.encode(sample, return_dict=False)[0].mode()
-
-    return Encoder()
+    dims = (base.TE1["hidden_size"], base.TE2["hidden_size"], base.TE2["projection_dim"])
+    for part, module in (("text_encoder", te1), ("text_encoder_2", te2), ("unet", unet),
+                         ("refiner_unet", refiner_unet), ("vae_decoder", vae), ("vae_encoder", vae)):
+        make_templates.write_template(part, copy.deepcopy(module), os.path.join(TEMPLATES, part + ".onnx"), dims)
 
 
 # ----------------------------------------------------------------------------

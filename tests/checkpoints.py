@@ -1,11 +1,18 @@
 """The tiny SDXL checkpoint (models/make_tiny_checkpoint.py) converted on CPython, as the worker converts it."""
 
+import json
+import math
 import shutil
+import struct
 from pathlib import Path
 
-from app.checkpoint.detect import SINGLE, detect
-from app.checkpoint.fill import data_size, fill
+import numpy as np
+
+from app.checkpoint import keys
+from app.checkpoint.detect import SINGLE, detect, layout
+from app.checkpoint.fill import data_size, fill, targets
 from app.checkpoint.safetensors import read_header
+from app.checkpoint.templates import BLOCK_SIZE
 from conftest import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,3 +83,48 @@ def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SH
         shutil.copy(scheduler, out / "scheduler_config.json")
         return found
     return run(go())
+
+
+def single_file_shapes(family: str, parts=("unet", "text_encoder", "text_encoder_2", "vae_decoder", "vae_encoder"),
+                       text_layout=None) -> dict:
+    """{SGM name: shape} of a single-file checkpoint that fits a family's templates exactly: app/checkpoint/keys.py's
+    rules in reverse (a linear weight's K is taken as its blocks' full width)."""
+    graphs = templates()[family]
+    slots = {part: targets(part, graphs[part]) for part in graphs}
+    text = text_layout or {"text_encoder": 0, "text_encoder_2": 1}
+    shapes = {}
+    for part in parts:
+        rules = layout(slots[part if part.endswith("unet") else "unet"], slots["vae_decoder"]) | text
+        for key, source in keys.single_file_sources("unet" if part.endswith("unet") else part, slots[part],
+                                                    rules).items():
+            t = slots[part][key]
+            shape = list(t.dims) if t.kind == "float" else [t.dims[0], t.dims[1] * BLOCK_SIZE]
+            if source.transpose:
+                shape = shape[::-1]
+            if source.flatten:
+                shape += [1, 1]
+            if source.rows:
+                shape[0] *= source.rows[1]
+            if shapes.setdefault(source.key, shape) != shape:
+                raise ValueError(f"{source.key}: two shapes")
+    return shapes
+
+
+def write_single_file(path: Path, shapes: dict, values=None) -> int:
+    """An F16 safetensors file of these tensors: `values(name, shape)` gives each (streamed, one at a time), or
+    none for a sparse file of zeros (enough for anything that reads only the header). Returns its size."""
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        if values is None:
+            f.truncate(8 + len(raw) + offset)
+        else:
+            for name, shape in shapes.items():
+                f.write(np.ascontiguousarray(values(name, shape), np.float16).tobytes())
+    return 8 + len(raw) + offset

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import struct
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 
 from app.checkpoint import keys
 from app.checkpoint.detect import SINGLE, detect
+from app.checkpoint.fill import targets
 from app.checkpoint.safetensors import CheckpointError, read_header, stream
+from app.checkpoint.templates import BLOCK_SIZE
 from checkpoints import (CHECKPOINT, REFINER_FILE, SINGLE_FILE, convert, diffusers_folder, open_files, reader,
-                         single_file, templates)
+                         single_file, single_file_shapes, templates, write_single_file)
 from conftest import run
 
 
@@ -218,10 +221,37 @@ def test_clear_errors_for_what_cannot_be_imported(tmp_path):
     assert "LoRA" in _refusal(_header_file(tmp_path, lora, data))
     vae, data = _fake({"first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3)})
     assert "only a VAE" in _refusal(_header_file(tmp_path, vae, data))
-    real, data = _fake({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+    half, data = _fake({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
                         "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)})
-    assert ("this is a full-size SDXL checkpoint. Converting one needs the SDXL graph templates, which this version "
-            "of Lantern does not include yet.") in _refusal(_header_file(tmp_path, real, data))
+    assert "(UNet width 320) does not fit the model shapes" in _refusal(_header_file(tmp_path, half, data))
+
+
+# Parameters of the published models (diffusers' UNet2DConditionModel and AutoencoderKL, transformers' CLIP).
+SDXL_PARAMETERS = {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840,
+                   "vae": 83_653_863}
+
+
+def test_a_full_size_sdxl_checkpoint_fits_the_sdxl_templates(tmp_path):
+    """The full-size templates hold exactly SDXL's parameters, and a single file of SDXL's real shapes (a header over
+    sparse zeros: detection reads only headers) is found as an SDXL checkpoint of that family, or as the refiner."""
+    graphs = templates()["sdxl"]
+    count = {part: sum(math.prod(t.dims) if t.kind == "float" else t.dims[0] * t.dims[1] * BLOCK_SIZE
+                       for t in targets(part, raw).values()) for part, raw in graphs.items()}
+    count["vae"] = count.pop("vae_decoder") + count.pop("vae_encoder")
+    assert {p: count[p] for p in SDXL_PARAMETERS} == SDXL_PARAMETERS
+
+    path = tmp_path / "sd_xl_base.safetensors"
+    size = write_single_file(path, single_file_shapes("sdxl"))
+    assert abs(size - 6_938_078_334) < 1e6  # stabilityai's sd_xl_base_1.0.safetensors, a few unused tensors aside
+    found = run(_found(single_file(path)))
+    assert (found.kind, found.family, found.own_vae) == ("sdxl", "sdxl", True)
+    assert found.describe() == "SDXL UNet + CLIP-L + bigG + VAE, f16, 6.94 GB"
+    refiner = tmp_path / "sd_xl_refiner.safetensors"
+    write_single_file(refiner, single_file_shapes("sdxl", ("refiner_unet", "text_encoder_2", "vae_decoder"),
+                                                  {"text_encoder_2": 0}))
+    found = run(_found(single_file(refiner)))
+    assert (found.kind, found.family, found.parts) == ("sdxl-refiner", "sdxl", ("refiner_unet", "text_encoder_2",
+                                                                                "vae_decoder"))
 
 
 def test_an_unknown_dtype_or_a_wider_sdxl_is_named(tmp_path):

@@ -16,12 +16,10 @@ from .safetensors import CheckpointError, Header
 from .templates import BLOCK_SIZE
 
 SINGLE = "checkpoint"  # the file id of a single-file checkpoint
-DIFFUSERS_FILES = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2",
+DIFFUSERS_FILES = {"unet": "unet", "refiner_unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2",
                    "vae_decoder": "vae", "vae_encoder": "vae"}
 NAMES = {"unet": "SDXL UNet", "refiner_unet": "SDXL refiner UNet", "text_encoder": "CLIP-L",
          "text_encoder_2": "bigG", "vae_decoder": "VAE"}
-FULL_SIZE_WIDTHS = {320: "SDXL", 384: "SDXL refiner"}  # the UNet's first convolution's channels
-FULL_SIZE_FAMILIES = ("sdxl",)
 PARTS = {"sdxl": ("unet", "text_encoder", "text_encoder_2", "vae_decoder"),
          "sdxl-refiner": ("refiner_unet", "text_encoder_2", "vae_decoder")}
 
@@ -74,16 +72,17 @@ def _refuse_other_architectures(names: set, header_of, single: bool) -> None:
                               "only SDXL checkpoints can be imported.")
 
 
-def _layout(unet: dict, vae: dict) -> dict:
+def layout(unet: dict, vae: dict) -> dict:
+    """The single-file key rules' parameters (keys.single_file_sources) from a family's UNet and VAE slots."""
     downs = {int(m[1]) for k in unet if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k))}
     ups = {int(m[1]) for k in unet if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", k))}
     levels = {int(m[1]) for k in vae if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k))}
     return {"layers": len(downs), "attention_blocks": ups, "vae_blocks": len(levels)}
 
 
-def _sources(part: str, part_targets: dict, single: bool, layout: dict) -> dict:
+def _sources(part: str, part_targets: dict, single: bool, rules: dict) -> dict:
     if single:
-        return keys.single_file_sources("unet" if part.endswith("unet") else part, part_targets, layout)
+        return keys.single_file_sources("unet" if part.endswith("unet") else part, part_targets, rules)
     return {k: Source(k) for k in part_targets}
 
 
@@ -157,8 +156,8 @@ def _plan(wanted, all_targets, text, single, tensor, file_of):
         if part.startswith("text") and single and part not in text:
             return None
         unet = all_targets[part] if part.endswith("unet") else all_targets["unet"]
-        layout = _layout(unet, all_targets["vae_decoder"]) | text
-        sources = _sources(part, all_targets[part], single, layout)
+        rules = layout(unet, all_targets["vae_decoder"]) | text
+        sources = _sources(part, all_targets[part], single, rules)
         checks = [(t, sources[k], tensor(part, sources[k].key)) for k, t in all_targets[part].items()]
         if part == "vae_decoder" and all(found is None for _, _, found in checks):
             own_vae = False  # SDXL's VAE stands in (the worker copies an installed model's)
@@ -202,8 +201,5 @@ def detect(headers: dict, templates: dict) -> Found:
                              sum(h.size for h in headers.values()), own_vae, {p: all_targets[p] for p in used})
     width = next((t.shape[0] for n, t in unet_file.tensors.items()
                   if n.endswith(("conv_in.weight", "input_blocks.0.0.weight"))), None)
-    if width in FULL_SIZE_WIDTHS and not any(f in templates for f in FULL_SIZE_FAMILIES):
-        raise CheckpointError(f"this is a full-size {FULL_SIZE_WIDTHS[width]} checkpoint. Converting one needs the "
-                              "SDXL graph templates, which this version of Lantern does not include yet.")
     raise CheckpointError(f"this SDXL-like checkpoint (UNet width {width or '?'}) does not fit the model shapes this "
                           "app can build (SDXL base, Turbo, Lightning and fine-tunes, or the SDXL refiner).")
