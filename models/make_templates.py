@@ -244,8 +244,9 @@ def write_template(part: str, module, out: str, text_dims=None) -> None:
 # the full-size family
 
 
-def build(part: str):
-    """One full-size part as a torch module, its weights left uninitialised (the template needs none)."""
+def build(part: str, weights: bool = True):
+    """One full-size part as a torch module, its weights left uninitialised (the template needs none); without
+    `weights`, on the meta device (its configuration only)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
@@ -267,6 +268,8 @@ def build(part: str):
             module = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                                    up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=1024,
                                    scaling_factor=base.VAE_SCALING_FACTOR, force_upcast=False, **VAE)
+    if not weights:
+        return module
     module = module.to_empty(device="cpu").eval()
     for name, buffer in module.named_buffers():  # CLIP's position ids: the only buffer, and an index
         buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
