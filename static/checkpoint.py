@@ -1,7 +1,7 @@
 # Import of an SDXL checkpoint (page side, MicroPython), in the Models panel: the visitor picks or drops a
 # .safetensors file (or a diffusers folder's files), the worker says what it holds (app/worker/checkpoint.py),
 # the visitor names it and says what kind of model it is, and the worker converts it into a model of their own.
-from page import el, listen, make, new_id
+from page import el, listen, make, new_id, worker
 
 state = {"send": None, "files": None, "check": None, "job": None, "on_added": None}
 
@@ -112,6 +112,14 @@ HANDLERS = {"checkpoint-checked": on_checked, "checkpoint-progress": on_progress
             "checkpoint-error": on_error, "checkpoint-cancelled": on_cancelled}
 
 
+def on_worker_replaced():
+    """The worker was restarted (after a device loss): an import it was running is gone, and what it had written is
+    offered for removal in the Models panel (a folder no model lists) on its next start."""
+    if state["job"]:
+        finish("The import stopped: the GPU worker had to restart after a device loss. Press Convert and keep to "
+               "start again; the Models panel offers to free what it had written.", alert=True)
+
+
 def is_checkpoint(files):
     return bool(files.length) and all(files[i].name.lower().endswith(".safetensors") for i in range(files.length))
 
@@ -119,6 +127,7 @@ def is_checkpoint(files):
 def setup(send, on_added):
     """`on_added(row)`: a model was imported (row as the ready message lists models)."""
     state["send"], state["on_added"] = send, on_added
+    worker["on_replaced"].append(on_worker_replaced)
     listen(el("checkpoint-file"), "change", lambda event: pick(event.target.files))
     listen(el("checkpoint-convert"), "click", convert)
     listen(el("checkpoint-cancel"), "click", cancel)

@@ -29,7 +29,8 @@ def register(m, listed):
                          "resolutions": resolutions, "unsuitable": m.unsuitable, "pipeline": m.pipeline,
                          "max_steps": m.max_steps,
                          "encoder": {"id": m.encoder.id, "mb": m.encoder.mb, "unsuitable": m.encoder.unsuitable}}
-    result.models[m.id] = {"name": m.name, "refines": [m.refines[j] for j in range(m.refines.length)]}
+    result.models[m.id] = {"name": m.name, "refines": [m.refines[j] for j in range(m.refines.length)],
+                           "family": m.family, "refines_family": m.refines_family, "own": m.own}
     if listed and m.pipeline == "sdxl-turbo":
         option = document.createElement("option")
         option.value = m.id
@@ -38,10 +39,11 @@ def register(m, listed):
 
 
 def on_model_added(m):
-    """A checkpoint of the visitor's own was imported: listed, and chosen."""
+    """A checkpoint of the visitor's own was imported: listed, and chosen (a refiner is offered by Refine)."""
     register(m, True)
-    el("model").value = m.id
-    form.on_model_change(None)
+    if m.pipeline == "sdxl-turbo":
+        el("model").value = m.id
+        form.on_model_change(None)
     on_models_changed()
 
 
@@ -50,6 +52,7 @@ def on_model_removed(msg):
         if option.value == msg.id:
             option.remove()
     form.models.pop(msg.id, None)
+    result.models.pop(msg.id, None)
     models_ui.remove_row(msg.id)
     if el("model").value not in form.models:
         form.choose_model()

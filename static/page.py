@@ -5,7 +5,8 @@ import sys
 from pyscript import document, window
 from pyscript.ffi import create_proxy, to_js
 
-worker = {"current": None, "generation": 0, "on_message": None, "next_id": 1, "used": False}
+worker = {"current": None, "generation": 0, "on_message": None, "next_id": 1, "used": False,
+          "on_replaced": []}  # called when a fresh worker replaces one (its unfinished work is gone)
 # Messages that mean the visitor has started something on this page: a new build then asks before reloading.
 USES = ("generate", "refine", "picture-check", "install", "model-import", "model-delete", "model-verify",
         "checkpoint-import")
@@ -122,6 +123,8 @@ def replace_worker():
     when it says it is ready."""
     worker["current"].terminate()
     el("generate").disabled = True
+    for hook in worker["on_replaced"]:
+        hook()
     start_worker()
 
 

@@ -177,7 +177,11 @@ def download(event):
 
 
 def refiner_for(model_id):
-    return next((m for m, e in models.items() if model_id in e["refines"]), None)
+    """As the worker picks it (app/store/manifest.py refiner_for): named, or for the family; the visitor's own first."""
+    family = models.get(model_id, {}).get("family")
+    fits = [m for m, e in models.items() if model_id in e["refines"] or (family and e["refines_family"] == family)]
+    own = [m for m in fits if models[m]["own"]]
+    return (own or fits or [None])[0]
 
 
 def refine_note(r):

@@ -13,12 +13,13 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
+from app.pipeline.refiner import SDXLRefiner
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
 from app.store.png import read_parameters
 from checkpoints import SINGLE_FILE, REFINER_FILE, convert, diffusers_folder, single_file
 from conftest import ROOT, RUN_TIMEOUT_MS, run
-from test_browser import PIXEL_TOLERANCE, fill, generate_and_download
+from test_browser import PIXEL_TOLERANCE, PROMPT, fill, generate_and_download, press_and_wait
 from test_browser_studio import audit
 
 pytestmark = pytest.mark.browser
@@ -122,6 +123,55 @@ def test_a_diffusers_folder_converts_to_the_same_model_and_delete_removes_it(pan
     assert len(app.evaluate(OPFS_OWN)) == 1
 
 
+def test_a_refiner_checkpoint_becomes_the_second_pass_of_refine(panel, tmp_path, cpu_pipeline):
+    """tiny-sdxl-refiner.safetensors imported as a refiner: Refine runs it (the visitor's own refiner before the
+    site's), over the base picture's latents, as CPython's conversion of the same file refines them."""
+    app = panel
+    model = app.get_by_label("Model", exact=True)
+    before = model.input_value()
+    pick(app, REFINER_FILE)
+    expect(app.locator("#checkpoint-found")).to_have_text(
+        "Found: SDXL refiner UNet + bigG + VAE, f16, 2.7 MB. Converted here to a 4-bit model of 8.5 MB; only that "
+        "is kept.")
+    expect(app.get_by_label("SDXL refiner (the second pass of Refine)")).to_be_checked()
+    app.locator("#checkpoint-name").fill("My refiner")
+    app.get_by_role("button", name="Convert and keep").click()
+    expect(app.locator("#checkpoint-message")).to_contain_text("My refiner is ready: converted in",
+                                                               timeout=RUN_TIMEOUT_MS)
+    expect(model).to_have_value(before)  # a refiner is no model to generate with
+    expect(model.locator("option", has_text="My refiner")).to_have_count(0)
+    expect(app.locator('#models-list li[id^="model-own-"]')).to_contain_text("My refiner")
+
+    app.get_by_label("Model", exact=True).select_option("tiny-sdxl-turbo")
+    fill(app, seed="90", steps="2")
+    press_and_wait(app)
+    expect(app.get_by_role("button", name="Refine")).to_be_enabled()
+    press_and_wait(app, "Refine")
+    with app.expect_download() as info:
+        app.get_by_role("button", name="Download").click()
+    png = open(info.value.path(), "rb").read()
+    params = read_parameters(png)
+    assert params["refiner"].startswith("own-") and params["model"] == "tiny-sdxl-turbo"
+
+    last = {}
+
+    async def keep(i, x, denoised):
+        last["x"] = x
+
+    run(cpu_pipeline.generate(PROMPT, 90, 2, 64, 64, on_step=keep))
+    family = json.loads((ROOT / "models" / "templates" / "tiny-sdxl" / "family.json").read_text())["refiner"]
+    scheduler = tmp_path / "scheduler_config.json"
+    scheduler.write_text(json.dumps(family["scheduler"]))
+    convert(single_file(REFINER_FILE), tmp_path / "refiner", scheduler=scheduler)
+    entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text())
+    refiner = run(SDXLRefiner.load(OrtRuntime(tmp_path / "refiner"), entry))
+    d = family["defaults"]
+    expected = to_uint8(run(refiner.refine(PROMPT, 90, last["x"], d["strength"], d["steps"]))).astype(int)
+    got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert np.abs(got - expected).max() <= PIXEL_TOLERANCE
+    expect(app.locator("#refine-note")).to_have_text("This picture is already refined.")
+
+
 def test_what_cannot_be_imported_is_refused_in_words_and_nothing_is_kept(panel, tmp_path):
     app = panel
     fake = tmp_path / "photo.safetensors"
@@ -130,8 +180,7 @@ def test_what_cannot_be_imported_is_refused_in_words_and_nothing_is_kept(panel, 
     cut.write_bytes(SINGLE_FILE.read_bytes()[:-5000])
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    cases = [(fake, "is not a safetensors file"), (cut, "is cut short"), (text, "is not a .safetensors file"),
-             (REFINER_FILE, "SDXL refiner UNet checkpoint; it is used by Refine")]
+    cases = [(fake, "is not a safetensors file"), (cut, "is cut short"), (text, "is not a .safetensors file")]
     for path, message in cases:
         pick(app, path)
         expect(app.locator("#checkpoint-message")).to_contain_text(message)

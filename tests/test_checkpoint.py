@@ -324,3 +324,17 @@ def test_the_refiner_converted_from_safetensors_refines_as_diffusers(tmp_path):
             print(f"refiner {case['key']}: max |diff| {diff.max():.2e}")
             assert diff.max() < SAME_WEIGHTS
     refiner.release()
+
+
+def test_refine_takes_the_visitors_own_refiner_first_and_one_imported_for_a_family():
+    from app.store.manifest import refiner_for
+
+    models = {"tiny-sdxl-turbo": {}, "tiny-sdxl-refiner": {"refines": ["tiny-sdxl-turbo"]},
+              "own-base": {"own": True, "family": "tiny-sdxl"}, "own-other": {"own": True, "family": "sdxl"},
+              "own-refiner": {"own": True, "refines": ["tiny-sdxl-turbo"], "refines_family": "tiny-sdxl"}}
+    assert refiner_for(models, "tiny-sdxl-turbo") == "own-refiner"
+    assert refiner_for(models, "own-base") == "own-refiner"
+    assert refiner_for(models, "own-other") is None
+    del models["own-refiner"]
+    assert refiner_for(models, "tiny-sdxl-turbo") == "tiny-sdxl-refiner"
+    assert refiner_for(models, "own-base") is None

@@ -327,3 +327,12 @@ def encoder_for(models: dict, model_id: str):
 
 def models_by_id(manifest: dict) -> dict:
     return {m["id"]: m for m in manifest["models"]}
+
+
+def refiner_for(models: dict, model_id: str):
+    """The refiner of Refine's second pass for `model_id`: one that names it, or a visitor's refiner imported for
+    its family; the visitor's own first."""
+    family = models.get(model_id, {}).get("family")
+    fits = [m for m, e in models.items()
+            if model_id in e.get("refines", []) or (family and e.get("refines_family") == family)]
+    return next((m for m in fits if models[m].get("own")), fits[0] if fits else None)

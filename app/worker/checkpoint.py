@@ -8,7 +8,8 @@ Worker -> page:  {type: "checkpoint-checked", id, message ("" when it can be imp
                  {type: "checkpoint-progress", id, message, fraction, mb_s}
                  {type: "checkpoint-done", id, model (as the ready message lists models), message}
                  {type: "checkpoint-error", id, message}        {type: "checkpoint-cancelled", id}
-A single .safetensors file (A1111/ComfyUI) or the .safetensors files of a diffusers folder, in any order.
+A single .safetensors file (A1111/ComfyUI) or the .safetensors files of a diffusers folder, in any order. An SDXL
+model is imported as one of its family's kinds; an SDXL refiner as the second pass of Refine.
 """
 
 import asyncio
@@ -17,7 +18,7 @@ import json
 import time
 import traceback
 
-from ..checkpoint.detect import NAMES, by_part, detect
+from ..checkpoint.detect import by_part, detect
 from ..checkpoint.fill import data_size, fill
 from ..checkpoint.safetensors import CheckpointError, read_header
 from ..store.hasher import Hasher
@@ -30,6 +31,8 @@ from .messages import post
 INDEX = "templates/index.json"
 REPORT_SECONDS = 0.25
 ROOM_PROBE = "room-probe.partial"
+REFINER = "refiner"  # the kind a refiner checkpoint is imported as
+SCHEDULER = "scheduler_config.json"
 
 
 def _reader(file):
@@ -113,12 +116,9 @@ class Importer:
         try:
             found, parts, _, file_of, _ = await self._open(files)
             family = (await self._index())["families"][found.family]
-            if found.kind != "sdxl":
-                raise CheckpointError(f"this is {NAMES['refiner_unet']} checkpoint; it is used by Refine, and "
-                                      "importing a refiner of your own is not offered yet.")
             stem = sorted(file_of.values())[0].rsplit(".", 1)[0] if len(file_of) == 1 else "diffusers model"
             answer.update(found=found.describe(), name=stem, converted_mb=self._converted_bytes(found, family) / 1e6,
-                          kinds=[{"id": k, "label": v["label"]} for k, v in family["kinds"].items()])
+                          kinds=[{"id": k, "label": v["label"]} for k, v in kinds_of(found, family).items()])
         except (CheckpointError, InstallError) as e:
             answer["message"] = _sentence(e)
         except Exception as e:  # a browser refusal to read the file, say
@@ -157,10 +157,9 @@ class Importer:
             found, parts, readers, file_of, header_digest = await self._open(files)
             index = await self._index()
             family = index["families"][found.family]
-            if found.kind != "sdxl":
-                raise CheckpointError("importing a refiner of your own is not offered yet.")
-            if kind not in family["kinds"]:
-                raise CheckpointError("choose what kind of model it is (few-step or base-like).")
+            if kind not in kinds_of(found, family):
+                raise CheckpointError("choose what kind of model it is (few-step or base-like)." if found.kind == "sdxl"
+                                      else "this is an SDXL refiner: import it as one.")
             new_id = own_id(header_digest)
             if new_id in self.installer.models:
                 raise CheckpointError(f"this checkpoint is already imported, as "
@@ -237,6 +236,10 @@ class Importer:
             for h in hashers.values():
                 h.close()
         for path, f in index["shared"].items():
+            if path == SCHEDULER and found.kind == "sdxl-refiner":  # the refiner's own schedule, from its family
+                data = json.dumps(family["refiner"]["scheduler"], indent=2).encode()
+                converted[path] = list(await store_bytes(folder, data, hashlib.sha256(data).hexdigest()))
+                continue
             data = await _fetch(f["url"])
             if hashlib.sha256(data).hexdigest() != f["sha256"]:
                 raise InstallError(f"the site's {f['url']} is damaged (its sha256 differs); reload the page.")
@@ -268,14 +271,25 @@ class Importer:
         return {p: f for p, f in files.items() if p.startswith("vae_decoder/")}
 
 
+def kinds_of(found, family) -> dict:
+    """What the visitor may import this checkpoint as: a model's kinds, or the refiner."""
+    if found.kind == "sdxl":
+        return family["kinds"]
+    return {REFINER: family["refiner"]} if "refiner" in family else {}
+
+
 def own_entry(model_id, name, kind, found, family, sources, total, seconds) -> dict:
-    chosen = family["kinds"][kind]
+    chosen = kinds_of(found, family)[kind]
     variant = dict(family["variant"], disk_bytes=total, files=[])
-    return {"id": model_id, "name": name, "own": True, "pipeline": "sdxl-turbo",
+    if kind == REFINER:  # Refine's second pass: for the family's base models and the visitor's own
+        role = {"pipeline": "sdxl-refiner", "refines": family["refiner"]["refines"], "refines_family": found.family}
+    else:
+        role = {"pipeline": "sdxl-turbo", "family": found.family, "max_steps": chosen["max_steps"]}
+    return {"id": model_id, "name": name, "own": True, **role,
             "style": f"your checkpoint: {chosen['label'].split(' (')[0]}",
             "description": f"Imported here from your file: {found.describe()}.",
             "license": "the licence of the checkpoint you imported", "defaults": chosen["defaults"],
-            "max_steps": chosen["max_steps"], "resolutions": family["resolutions"],
+            "resolutions": family["resolutions"],
             "tier_resolutions": family["tier_resolutions"], "vae_scaling_factor": family["vae_scaling_factor"],
             "vae_scale_factor": family["vae_scale_factor"], "source": sources, "found": found.describe(),
             "conversion": {"seconds": round(seconds, 1), "bytes": total}, "variants": [variant]}

@@ -17,7 +17,7 @@ from ..runtime.web import DEFAULT_CHUNK_BYTES, DeviceLost, GpuOutOfMemory, WebRu
 from ..store import gallery
 from ..store.gallery import as_bytes
 from ..store.locks import BENCH_LOCK, held
-from ..store.manifest import bundle_sha256, encoder_for, is_addon
+from ..store.manifest import bundle_sha256, encoder_for, is_addon, refiner_for
 from ..store.png import encode_png
 from .bench import bench
 from .device import (MEMORY_WORDS, PRESETS, default_resolution, fault_kind, lower_resolution, memory_preset, next_memory,
@@ -73,7 +73,7 @@ class Generator:
         return pipe
 
     def refiner_for(self, model_id):
-        return next((m for m, e in self.models.items() if model_id in e.get("refines", [])), None)
+        return refiner_for(self.models, model_id)
 
     def report_failure(self, job_id, error, params):
         if isinstance(error, (DeviceLost, GpuOutOfMemory)):

@@ -70,6 +70,7 @@ class Worker:
                 "resolutions": m["resolutions"],
                 "pipeline": m.get("pipeline", "sdxl-turbo"), "unsuitable": unsuitable(m, self.caps) or "",
                 "bench": bool(m.get("bench")), "refines": m.get("refines", []), "own": bool(m.get("own")),
+                "family": m.get("family", ""), "refines_family": m.get("refines_family", ""),
                 "max_steps": int(m.get("max_steps", MAX_STEPS)),
                 "encoder": encoder_row(self.models, m["id"], self.caps)}
 
