@@ -113,11 +113,11 @@ HANDLERS = {"checkpoint-checked": on_checked, "checkpoint-progress": on_progress
 
 
 def on_worker_replaced():
-    """The worker was restarted (after a device loss): an import it was running is gone, and what it had written is
-    offered for removal in the Models panel (a folder no model lists) on its next start."""
+    """The worker was restarted (after a device loss): an import it was running is gone. The new worker removes
+    what it had begun to write, or offers to free it in the Models panel (a folder no model lists)."""
     if state["job"]:
         finish("The import stopped: the GPU worker had to restart after a device loss. Press Convert and keep to "
-               "start again; the Models panel offers to free what it had written.", alert=True)
+               "start again.", alert=True)
 
 
 def is_checkpoint(files):

@@ -20,6 +20,7 @@ from app.store.png import read_parameters
 from checkpoints import SINGLE_FILE, REFINER_FILE, convert, diffusers_folder, single_file
 from conftest import ROOT, RUN_TIMEOUT_MS, run
 from test_browser import PIXEL_TOLERANCE, PROMPT, fill, generate_and_download, press_and_wait
+from test_browser_device import LOSE_DEVICE_AT
 from test_browser_studio import audit
 
 pytestmark = pytest.mark.browser
@@ -170,6 +171,46 @@ def test_a_refiner_checkpoint_becomes_the_second_pass_of_refine(panel, tmp_path,
     got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     assert np.abs(got - expected).max() <= PIXEL_TOLERANCE
     expect(app.locator("#refine-note")).to_have_text("This picture is already refined.")
+
+
+# In the worker: reads of a .safetensors file's data windows (over 1 MB; its header reads are smaller) never
+# end, so an import stays in progress for as long as the test needs.
+STALL_IMPORT = """() => {
+    const slice = File.prototype.slice;
+    File.prototype.slice = function (start, end) {
+        const part = slice.call(this, start, end);
+        if (this.name.endsWith('.safetensors') && end - start > 1000000) part.arrayBuffer = () => new Promise(() => {});
+        return part;
+    };
+}"""
+
+
+def test_a_device_loss_during_an_import_ends_it_in_words_and_it_can_be_run_again(panel):
+    """A device loss in a run restarts the worker, which ends the import it was running: the page says so (it used
+    to wait for it forever), the run recovers, the new worker removes what the import had begun, and Convert and
+    keep then imports the same file."""
+    app = panel
+    fill(app, seed="5", steps="1")
+    press_and_wait(app)  # this worker has a GPU device to lose
+    app.workers[-1].evaluate(STALL_IMPORT)
+    pick(app, SINGLE_FILE)
+    app.locator("#checkpoint-name").fill("Interrupted")
+    app.get_by_role("button", name="Convert and keep").click()
+    expect(app.locator("#checkpoint-cancel")).to_be_visible()  # the import is running, and stays so
+    app.workers[-1].evaluate(LOSE_DEVICE_AT, ["encode prompt", None])
+    press_and_wait(app)
+    message = app.locator("#checkpoint-message")
+    expect(message).to_have_text("The import stopped: the GPU worker had to restart after a device loss. Press "
+                                 "Convert and keep to start again.")
+    expect(message).to_have_attribute("role", "alert")
+    expect(app.locator("#checkpoint-cancel")).to_be_hidden()
+    for _ in range(120):  # the new worker's start tidies the models folder
+        if app.evaluate(OPFS_OWN) == []:
+            break
+        app.wait_for_timeout(500)
+    assert app.evaluate(OPFS_OWN) == []
+    app.get_by_role("button", name="Convert and keep").click()
+    expect(message).to_contain_text("Interrupted is ready: converted in", timeout=RUN_TIMEOUT_MS)
 
 
 def test_what_cannot_be_imported_is_refused_in_words_and_nothing_is_kept(panel, tmp_path):
