@@ -174,15 +174,22 @@ def test_a_refiner_checkpoint_becomes_the_second_pass_of_refine(panel, tmp_path,
 
 
 # In the worker: reads of a .safetensors file's data windows (over 1 MB; its header reads are smaller) never
-# end, so an import stays in progress for as long as the test needs.
+# end, so an import stays in progress for as long as the test needs; UNSTALL undoes it.
 STALL_IMPORT = """() => {
     const slice = File.prototype.slice;
+    self.lanternUnstall = () => { File.prototype.slice = slice; };
     File.prototype.slice = function (start, end) {
         const part = slice.call(this, start, end);
         if (this.name.endsWith('.safetensors') && end - start > 1000000) part.arrayBuffer = () => new Promise(() => {});
         return part;
     };
 }"""
+UNSTALL = "() => self.lanternUnstall()"
+
+
+def app_worker(page):
+    """The app's worker (the newest, after any restart)."""
+    return [w for w in page.workers if w.url.endswith("/worker.mjs")][-1]
 
 
 def test_a_device_loss_during_an_import_ends_it_in_words_and_it_can_be_run_again(panel):
@@ -192,12 +199,12 @@ def test_a_device_loss_during_an_import_ends_it_in_words_and_it_can_be_run_again
     app = panel
     fill(app, seed="5", steps="1")
     press_and_wait(app)  # this worker has a GPU device to lose
-    app.workers[-1].evaluate(STALL_IMPORT)
+    app_worker(app).evaluate(STALL_IMPORT)
     pick(app, SINGLE_FILE)
     app.locator("#checkpoint-name").fill("Interrupted")
     app.get_by_role("button", name="Convert and keep").click()
     expect(app.locator("#checkpoint-cancel")).to_be_visible()  # the import is running, and stays so
-    app.workers[-1].evaluate(LOSE_DEVICE_AT, ["encode prompt", None])
+    app_worker(app).evaluate(LOSE_DEVICE_AT, ["encode prompt", None])
     press_and_wait(app)
     message = app.locator("#checkpoint-message")
     expect(message).to_have_text("The import stopped: the GPU worker had to restart after a device loss. Press "
@@ -211,6 +218,35 @@ def test_a_device_loss_during_an_import_ends_it_in_words_and_it_can_be_run_again
     assert app.evaluate(OPFS_OWN) == []
     app.get_by_role("button", name="Convert and keep").click()
     expect(message).to_contain_text("Interrupted is ready: converted in", timeout=RUN_TIMEOUT_MS)
+
+
+def test_a_tab_opened_during_an_import_leaves_it_alone_and_cancel_keeps_nothing(panel):
+    """A second tab's worker tidies the models folder as it starts: it neither removes the folder of an import under
+    way in the first tab nor offers to free it (it used to do one or the other)."""
+    app = panel
+    app_worker(app).evaluate(STALL_IMPORT)
+    pick(app, SINGLE_FILE)
+    app.locator("#checkpoint-name").fill("Under way")
+    app.get_by_role("button", name="Convert and keep").click()
+    for _ in range(120):  # the import makes its folder, then waits on its first read for good
+        if len(app.evaluate(OPFS_OWN)) == 1:
+            break
+        app.wait_for_timeout(500)
+    expect(app.locator("#checkpoint-cancel")).to_be_visible()  # still under way
+    other = app.context.new_page()
+    try:
+        other.goto(app.url)
+        # the panel's first report comes after the worker has tidied
+        expect(other.locator("#model-tiny-sdxl-turbo")).to_have_attribute("data-state", "installed",
+                                                                          timeout=RUN_TIMEOUT_MS)
+        expect(other.locator("#models-unlisted")).to_be_hidden()
+        assert len(app.evaluate(OPFS_OWN)) == 1
+    finally:
+        other.close()
+        app_worker(app).evaluate(UNSTALL)  # imports after this one read as usual
+    app.get_by_role("button", name="Cancel import").click()
+    expect(app.locator("#checkpoint-message")).to_have_text("Import cancelled; nothing was kept.")
+    assert app.evaluate(OPFS_OWN) == []
 
 
 def test_what_cannot_be_imported_is_refused_in_words_and_nothing_is_kept(panel, tmp_path):

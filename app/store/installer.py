@@ -141,7 +141,8 @@ class Installer:
 
     async def tidy(self):
         """Remove what closed tabs left behind (partial import copies), and find the folders of models no
-        longer listed, so the panel can offer to free them."""
+        longer listed, so the panel can offer to free them; a folder another tab holds (a checkpoint it is
+        importing) is left alone."""
         self.unlisted = []
         root = await models_folder()
         for name in await folder_names(root):
@@ -152,10 +153,13 @@ class Installer:
                 sizes.pop(stale)
             if name in self.models:
                 continue
-            if kept_bytes(sizes):
-                self.unlisted.append({"id": name, "mb": kept_bytes(sizes) / 1e6})
-            else:  # nothing in it worth a question
-                await remove(root, name, recursive=True)
+            async with held(model_lock(name), wait=False) as mine:
+                if not mine:  # a checkpoint being imported in another tab: not ours to judge
+                    continue
+                if kept_bytes(sizes):
+                    self.unlisted.append({"id": name, "mb": kept_bytes(sizes) / 1e6})
+                else:  # nothing in it worth a question
+                    await remove(root, name, recursive=True)
 
     async def free_unlisted(self):
         for folder in self.unlisted:
