@@ -10,8 +10,8 @@ import numpy as np
 
 from app.checkpoint import keys
 from app.checkpoint.detect import SINGLE, detect, layout
-from app.checkpoint.fill import data_size, fill, targets
-from app.checkpoint.safetensors import read_header
+from app.checkpoint.fill import _value, data_size, fill, targets
+from app.checkpoint.safetensors import as_float32, read_header
 from app.checkpoint.templates import BLOCK_SIZE
 from conftest import run
 
@@ -52,12 +52,14 @@ def diffusers_folder() -> dict:
     return {part: CHECKPOINT / "diffusers" / name for part, name in DIFFUSERS.items()}
 
 
-def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SHARED / "scheduler_config.json"):
+def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SHARED / "scheduler_config.json",
+            borrowed=frozenset()):
     """Convert into a bundle folder the pipeline loads ({part}/model.onnx + model.onnx_data, and the
-    tokenizers and scheduler SDXL bundles share); returns what detect() found."""
+    tokenizers and scheduler SDXL bundles share); returns what detect() found. The `borrowed` parts are
+    left for the caller to put in."""
     async def go():
         headers, readers = await open_files(files)
-        found = detect(headers, templates())
+        found = detect(headers, templates(), borrowed)
         if found_hook:
             found_hook(found)
         out.mkdir(parents=True, exist_ok=True)
@@ -128,3 +130,40 @@ def write_single_file(path: Path, shapes: dict, values=None) -> int:
             for name, shape in shapes.items():
                 f.write(np.ascontiguousarray(values(name, shape), np.float16).tobytes())
     return 8 + len(raw) + offset
+
+
+# Where the parts of an SDXL refiner lie in its Hub repository (the fp16 files the site's entry downloads).
+REFINER_REPO_FILES = {"refiner_unet": "unet/diffusion_pytorch_model.fp16.safetensors",
+                      "text_encoder_2": "text_encoder_2/model.fp16.safetensors",
+                      "vae_decoder": "vae/diffusion_pytorch_model.fp16.safetensors"}
+
+
+def as_diffusers_files(path: Path, out: Path, names=REFINER_REPO_FILES) -> dict:
+    """A single-file checkpoint's parts written as a diffusers folder's files ({repo path: file}): each tensor
+    under its diffusers name, as its template slot takes it (the same values, in F16)."""
+    async def go():
+        headers, readers = await open_files(single_file(path))
+        found = detect(headers, templates())
+        values = {}
+        for (file, key), uses in found.plan.items():
+            tensor = headers[file].tensors[key]
+            array = as_float32(tensor, await readers[file](tensor.start, tensor.end))
+            for target, source in uses:
+                values.setdefault(target.part, {})[target.key] = _value(array, source)
+        return values
+    files = {}
+    for part, tensors in run(go()).items():
+        files[names[part]] = out / names[part]
+        files[names[part]].parent.mkdir(parents=True, exist_ok=True)
+        write_single_file(files[names[part]], {k: list(v.shape) for k, v in sorted(tensors.items())},
+                          lambda name, shape, tensors=tensors: tensors[name])
+    return files
+
+
+def converted_bytes(family: str, parts=("refiner_unet", "text_encoder_2", "vae_decoder")) -> int:
+    """What the worker keeps of a conversion of these parts (app/worker/checkpoint.py `_converted_bytes`): the
+    weights, the graphs, and the tokenizers and scheduler config SDXL bundles share."""
+    graphs = templates()[family]
+    weights = data_size({part: targets(part, graphs[part]) for part in parts})
+    shared = sum(f.stat().st_size for f in SHARED.rglob("*") if f.is_file())
+    return sum(weights.values()) + sum(len(graphs[part]) for part in parts) + shared

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -17,8 +18,12 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
+from app.pipeline.refiner import SDXLRefiner
+from app.runtime.ort import OrtRuntime
+from app.store.png import read_parameters
+from checkpoints import REFINER_FILE, REFINER_REPO_FILES, as_diffusers_files, convert, converted_bytes
 from conftest import ROOT, RUN_TIMEOUT_MS, expect_ready, run, tiny_by_default
-from test_browser import fill, generate_and_download
+from test_browser import PIXEL_TOLERANCE, PROMPT, fill, generate_and_download, press_and_wait
 from test_browser_real_interfaces import offering, opfs_json
 
 pytestmark = pytest.mark.browser
@@ -135,3 +140,159 @@ def test_hashes_from_the_host_are_checked_recorded_and_never_trusted_over_the_by
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     expected = to_uint8(run(cpu_pipeline.generate("a photo of a cat", 11, 2, 64, 64))).astype(int)
     assert np.abs(image - expected).max() <= 1
+
+
+# --- the site's refiner: safetensors from the Hub, converted at install -------------------------------------
+
+REFINER_REPO, TURBO_REPO = "lantern-test/refiner", "lantern-test/turbo"
+
+
+class RefinerHub:
+    """The Hub as the SDXL refiner's entry meets it: the refiner repository's three fp16 files, and the SDXL-Turbo
+    repository's bigG and VAE files, whose sha256 equal the refiner's when `same` (their bytes are never fetched)."""
+
+    def __init__(self, files: dict):
+        self.files, self.same, self.requests = files, False, []
+
+    def __call__(self, route):
+        request = route.request
+        path = urlparse(request.url).path
+        self.requests.append(path)
+        if re.fullmatch(r"/api/models/lantern-test/(refiner|turbo)/revision/main", path):
+            return route.fulfill(json={"sha": COMMIT}, headers=FakeHub.CORS)
+        if m := re.fullmatch(rf"/api/models/lantern-test/(refiner|turbo)/paths-info/{COMMIT}", path):
+            return route.fulfill(json=[self.info(m.group(1), p) for p in parse_qs(request.post_data)["paths"]],
+                                 headers=FakeHub.CORS)
+        if m := re.fullmatch(rf"/{REFINER_REPO}/resolve/{COMMIT}/(.+)", path):
+            return route.fulfill(body=self.files[m.group(1)], headers=FakeHub.CORS,
+                                 content_type="application/octet-stream")
+        route.fulfill(status=404, headers=FakeHub.CORS)
+
+    def info(self, repo, path):
+        data = self.files[path] if repo == "refiner" or self.same else b"SDXL-Turbo's own " + self.files[path]
+        return {"type": "file", "path": path, "size": len(data), "oid": "0" * 40,
+                "lfs": {"oid": sha256(data), "size": len(data), "pointerSize": 134}}
+
+    def downloaded(self) -> set:
+        return {p.split(f"/resolve/{COMMIT}/", 1)[1] for p in self.requests if "/resolve/" in p}
+
+
+def tiny_refiner_entry(files: dict) -> dict:
+    """The site's SDXL refiner entry, with the tiny family's shapes and the tiny SDXL-Turbo as the model it
+    refines and may reuse files of. Every size is listed 3 bytes off: the host's is taken (headers vary)."""
+    entry = json.loads((ROOT / "models_manifest" / "sdxl-refiner.json").read_text())
+    family = json.loads((ROOT / "models" / "templates" / "tiny-sdxl" / "family.json").read_text())
+    (variant,) = entry["variants"]
+    listed = []
+    for f in variant["files"]:
+        f = dict(f, url=f"https://huggingface.co/{REFINER_REPO}/resolve/main/{f['path']}", size=len(files[f["path"]]) + 3)
+        if "reuse" in f:
+            f["reuse"] = dict(f["reuse"], model="tiny-sdxl-turbo",
+                              if_same_as=f"https://huggingface.co/{TURBO_REPO}/resolve/main/{f['path']}")
+        listed.append(f)
+    variant = dict(family["variant"], disk_bytes=sum(f["size"] for f in listed), files=listed,
+                   convert=dict(variant["convert"], family="tiny-sdxl", bytes=converted_bytes("tiny-sdxl")))
+    return dict(entry, id="hub-refiner", name="Hub refiner", refines=["tiny-sdxl-turbo"],
+                defaults=family["refiner"]["defaults"], resolutions=family["resolutions"], variants=[variant])
+
+
+def refine_and_download(page) -> bytes:
+    page.get_by_label("Model", exact=True).select_option("tiny-sdxl-turbo")
+    fill(page, seed="90", steps="2")
+    press_and_wait(page)
+    press_and_wait(page, "Refine")
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download").click()
+    return open(info.value.path(), "rb").read()
+
+
+def cpython_refined(bundle, cpu_pipeline) -> np.ndarray:
+    """What the refiner in `bundle` makes of the tiny SDXL-Turbo's picture (seed 90, 2 steps) on CPython."""
+    last = {}
+
+    async def keep(i, x, denoised):
+        last["x"] = x
+
+    run(cpu_pipeline.generate(PROMPT, 90, 2, 64, 64, on_step=keep))
+    family = json.loads((ROOT / "models" / "templates" / "tiny-sdxl" / "family.json").read_text())["refiner"]
+    (bundle / "scheduler_config.json").write_text(json.dumps(family["scheduler"]))
+    entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text())
+    refiner = run(SDXLRefiner.load(OrtRuntime(bundle), entry))
+    d = family["defaults"]
+    return to_uint8(run(refiner.refine(PROMPT, 90, last["x"], d["strength"], d["steps"]))).astype(int)
+
+
+def test_the_site_refiner_is_converted_at_install_from_the_hub_and_files_the_same_as_turbo_are_reused(
+        browser, server, tmp_path, cpu_pipeline):
+    """The refiner's entry downloads fp16 safetensors (hashes and sizes from the host), converts them to the 4-bit
+    model at install and keeps only that. Where the host says its bigG and VAE are the bytes SDXL-Turbo was made
+    from, they are not downloaded: the installed SDXL-Turbo's are copied. Either way Refine runs it as CPython
+    runs the same conversion."""
+    paths = as_diffusers_files(REFINER_FILE, tmp_path / "repo")
+    hub = RefinerHub({p: path.read_bytes() for p, path in paths.items()})
+    entry = tiny_refiner_entry(hub.files)
+
+    def manifest(route):  # the site's tiny refiner left out: Refine takes the one under test
+        body = json.loads(route.fetch().text())
+        route.fulfill(json=dict(body, models=[m for m in body["models"] if m["id"] != "tiny-sdxl-refiner"] + [entry]))
+
+    context = tiny_by_default(browser.new_context(accept_downloads=True, service_workers="block"))
+    context.route("**/models_manifest.json", manifest)
+    context.route("https://huggingface.co/**", hub)
+    page = context.new_page()
+    page.goto(server)
+    expect_ready(page, "webgpu")
+    row, message = page.locator("#model-hub-refiner"), page.locator("#model-hub-refiner-message")
+    expect(page.locator("#model-hub-refiner-details")).to_contain_text(
+        "q4 variant, up to 2.6 MB download, converted here to 4-bit weights (8.5 MB kept; the download is removed)")
+    # (the page installs the model it starts on by itself)
+    expect(page.locator("#model-tiny-sdxl-turbo")).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+
+    # The host's bigG and VAE are not SDXL-Turbo's: all three files are downloaded, converted, then removed.
+    install(page, "hub-refiner")
+    expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+    expect(message).to_contain_text("is installed and verified. Converted here in")
+    assert hub.downloaded() == set(paths)
+    record = opfs_json(page, "hub-refiner", "installed.json")
+    assert record["reused"] == {} and set(record["files"]) == set(paths)
+    kept = set(page.evaluate("""async () => {
+        const models = await (await navigator.storage.getDirectory()).getDirectoryHandle('models');
+        const names = [];
+        for await (const name of (await models.getDirectoryHandle('hub-refiner')).keys()) names.push(name);
+        return names;
+    }"""))
+    assert not kept & set(record["files"].values())  # no downloaded file is kept
+    assert {sha for sha, _ in record["converted"].values()} <= kept
+    png = refine_and_download(page)
+    assert read_parameters(png)["refiner"] == "hub-refiner"
+    convert({"unet": paths[REFINER_REPO_FILES["refiner_unet"]], "text_encoder_2": paths[REFINER_REPO_FILES["text_encoder_2"]],
+             "vae": paths[REFINER_REPO_FILES["vae_decoder"]]}, tmp_path / "all")
+    expected = cpython_refined(tmp_path / "all", cpu_pipeline)
+    got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert np.abs(got - expected).max() <= PIXEL_TOLERANCE
+
+    # Deleted, and installed again where the host says its bigG and VAE are SDXL-Turbo's: only the UNet is fetched.
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Delete model").click()
+    expect(row).to_have_attribute("data-state", "not-installed", timeout=RUN_TIMEOUT_MS)
+    hub.same, hub.requests = True, []
+    install(page, "hub-refiner")
+    expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+    assert hub.downloaded() == {REFINER_REPO_FILES["refiner_unet"]}
+    expect(message).to_contain_text(
+        "text_encoder_2/model.fp16.safetensors was not downloaded: Tiny SDXL-Turbo (test model) was installed from "
+        "the same bytes.")
+    assert opfs_json(page, "hub-refiner", "installed.json")["reused"] == {
+        REFINER_REPO_FILES["text_encoder_2"]: "tiny-sdxl-turbo", REFINER_REPO_FILES["vae_decoder"]: "tiny-sdxl-turbo"}
+    again = refine_and_download(page)
+    context.close()
+    convert({"unet": paths[REFINER_REPO_FILES["refiner_unet"]]}, tmp_path / "reused",
+            borrowed={"text_encoder_2", "vae_decoder"})
+    for part in ("text_encoder_2", "vae_decoder"):
+        shutil.copytree(TINY / part, tmp_path / "reused" / part)
+    expected_again = cpython_refined(tmp_path / "reused", cpu_pipeline)
+    got_again = np.asarray(Image.open(io.BytesIO(again)).convert("RGB")).astype(int)
+    assert np.abs(got_again - expected_again).max() <= PIXEL_TOLERANCE
+    # The tiny checkpoint's bigG and VAE are the tiny SDXL-Turbo's weights (there in fp16 and 4-bit, here in fp32):
+    # reused or downloaded, Refine gives the visitor the same picture, to rounding.
+    assert np.abs(got_again - got).max() <= 2 * PIXEL_TOLERANCE

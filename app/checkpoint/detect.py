@@ -169,8 +169,9 @@ def _plan(wanted, all_targets, text, single, tensor, file_of):
     return plan, own_vae
 
 
-def detect(headers: dict, templates: dict) -> Found:
-    """headers: {SINGLE: Header} or {diffusers folder part: Header}; templates: {family: {part: bytes}}."""
+def detect(headers: dict, templates: dict, borrowed=frozenset()) -> Found:
+    """headers: {SINGLE: Header} or {diffusers folder part: Header}; templates: {family: {part: bytes}};
+    borrowed: the parts another installed model gives (they need not be in the files)."""
     single = SINGLE in headers
 
     def file_of(part):
@@ -191,7 +192,8 @@ def detect(headers: dict, templates: dict) -> Found:
     text = _text_layout(names) if single else {}
     for family, parts in sorted(templates.items()):
         all_targets = {part: targets(part, raw) for part, raw in parts.items()}
-        for kind, wanted in PARTS.items():
+        for kind, parts_of_kind in PARTS.items():
+            wanted = [p for p in parts_of_kind if p not in borrowed]
             planned = _plan(wanted, all_targets, text, single, tensor, file_of)
             if planned:
                 plan, own_vae = planned

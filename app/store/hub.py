@@ -7,13 +7,17 @@ must equal the manifest's, or the install stops with nothing kept; the file is t
 that commit and checked against the host's sha256 like any pinned one. The answer is recorded in the
 model's folder (host_hashes.json), so the bytes on disk keep their names and the install is checked
 against the same hash on every later visit, offline included.
+
+A checkpoint file may also take its size from there ("size_from": "host"): its tensor data is known
+exactly, its header only to within what its writer put in it (HEADER_SLACK). A file that another model
+was installed from ("reuse": {"if_same_as": url}) is compared with that url's sha256 at the same time.
 """
 
 import json
 from urllib.parse import quote, urlencode
 
 from .layout import InstallError
-from .manifest import HUB_FILE
+from .manifest import HEADER_SLACK, HUB_FILE
 
 ENDPOINT = "https://huggingface.co"
 
@@ -36,10 +40,14 @@ def host_file(f: dict, commit: str, info: dict | None) -> dict:
         raise HostError(f"huggingface.co has no {path} in {repo} at commit {commit[:12]}; it was not downloaded.")
     if not (isinstance(lfs.get("oid"), str) and len(lfs["oid"]) == 64 and isinstance(lfs.get("size"), int)):
         raise HostError(f"huggingface.co gives no sha256 for {path} in {repo}; it was not downloaded.")
-    if lfs["size"] != f["size"]:
+    if f.get("size_from") == "host":
+        if f["size"] is not None and abs(lfs["size"] - f["size"]) > HEADER_SLACK:
+            raise HostError(f"huggingface.co says {path} in {repo} is {lfs['size']:,} bytes, but this site expects "
+                            f"about {f['size']:,}: it is not the file offered here, so it was not downloaded.")
+    elif lfs["size"] != f["size"]:
         raise HostError(f"huggingface.co says {path} in {repo} is {lfs['size']:,} bytes, but this site lists "
                         f"{f['size']:,}: it is not the file offered here, so it was not downloaded.")
-    return {"url": f["url"], "size": f["size"], "sha256": lfs["oid"].lower(), "commit": commit,
+    return {"url": f["url"], "size": lfs["size"], "sha256": lfs["oid"].lower(), "commit": commit,
             "resolved_url": f"{ENDPOINT}/{repo}/resolve/{commit}/{quote(path)}"}
 
 
@@ -48,8 +56,11 @@ def with_host_hashes(entry: dict, record: dict | None) -> dict:
     files = []
     for f in entry["files"]:
         got = (record or {}).get(f["path"])
-        if f.get("sha256_from") == "host" and got and got["url"] == f["url"] and got["size"] == f["size"]:
-            f = dict(f, sha256=got["sha256"], url=got["resolved_url"], commit=got["commit"])
+        if f.get("sha256_from") == "host" and got and got["url"] == f["url"] and (
+                got["size"] == f["size"] or f.get("size_from") == "host"):
+            f = dict(f, sha256=got["sha256"], size=got["size"], url=got["resolved_url"], commit=got["commit"])
+            if "reuse" in f and "same_as" in got:
+                f["reuse"] = dict(f["reuse"], same=got["same_as"] == got["sha256"])
         files.append(f)
     return dict(entry, files=files)
 
@@ -59,7 +70,17 @@ def unresolved(entry: dict) -> list[dict]:
 
 
 async def ask_host(files: list[dict], get_json) -> dict:
-    """{path: record} for `files` (all without a sha256); `await get_json(url, form=None)` is the HTTP call."""
+    """{path: record} for `files` (all without a sha256); `await get_json(url, form=None)` is the HTTP call.
+    A file with "reuse" also records the sha256 of the file it may be the same as ("same_as")."""
+    records = await _ask(files, get_json)
+    others = [{"path": f["path"], "url": f["reuse"]["if_same_as"], "size": None, "size_from": "host"}
+              for f in files if "reuse" in f]
+    for path, other in (await _ask(others, get_json)).items():
+        records[path]["same_as"] = other["sha256"]
+    return records
+
+
+async def _ask(files: list[dict], get_json) -> dict:
     records, commits = {}, {}
     for f in files:
         repo, revision, _ = hub_location(f["url"])

@@ -25,9 +25,10 @@ from .download import Mismatch, Partial, Rate, download
 from .gallery import usage as gallery_usage
 from .hasher import HashError
 from .hub import ask_host, fetch_json, unresolved, with_host_hashes
-from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, converted_files, gb,
-                     kept_bytes, leftovers, model_folder, models_folder, no_room_text, page_row, partial_bytes, read_json,
-                     record_for, stale_imports, storage_problem, storage_text, stored, write_json)
+from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, convert_reserve, gb, kept_bytes,
+                     kept_files, leftovers, model_folder, models_folder, no_room_text, page_row, partial_bytes, read_json,
+                     record_for, reused, stale_imports, storage_problem, storage_text, stored, write_json)
+from .manifest import from_checkpoint
 from .locks import held, model_lock
 from .opfs import file_sizes, folder_names, remove, room
 
@@ -38,6 +39,16 @@ ROOM_PROBE = "room-probe.partial"  # the empty file _check_space sizes (removed 
 CHANNEL = "lantern-installs"  # every tab's installer tells the others how its installs go
 ELSEWHERE = ("{name} is being installed or checked in another tab of this site. "
              "Cancel it there, or wait until it ends.")
+
+
+def converted_text(record, names: dict) -> str:
+    """What an install from a checkpoint did, for its row; `names`: model id -> name."""
+    if "conversion_s" not in (record or {}):
+        return ""
+    kept = sum(size for _, size in record["converted"].values())
+    reused = "".join(f" {path} was not downloaded: {names.get(model, model)} was installed from the same bytes."
+                     for path, model in sorted(record["reused"].items()))
+    return f" Converted here in {record['conversion_s']:.0f} s to {gb(kept)}; the download was removed.{reused}"
 
 
 class Installer:
@@ -57,6 +68,9 @@ class Installer:
         self.channel = None
         self.gallery = None  # {images, mb}: what the gallery keeps, for the storage line
         self.active_at = {}  # id -> time.monotonic() of its install's latest progress (the watchdog's clock)
+        # (folder, entry, {path: File} downloaded, {part: model id} to copy, on_progress) -> {path: [sha256, size]}:
+        # the conversion of a variant made from a checkpoint (the worker's checkpoint importer does it)
+        self.convert_checkpoint = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -274,25 +288,35 @@ class Installer:
             for stale in leftovers(self.models[model_id], sizes, await read_json(folder, RECORD)):
                 await remove(folder, stale)
                 sizes.pop(stale)
-            await self._check_space(self.models[model_id], folder, sizes)
+            skip = self._reusable(model_id)
+            await self._check_space(self.models[model_id], folder, sizes, skip)
             await write_json(folder, WANTED, {"variant": entry.get("variant")})
             await remove(folder, RECORD)  # installed again only once every file is verified
             self.status[model_id].update(state="downloading")
             watchdog = asyncio.ensure_future(self._watch(model_id, stall_s + QUIET_EXTRA_SECONDS))
             try:
-                await self._download_missing(model_id, folder, sizes, stall_s)
+                await self._download_missing(model_id, folder, sizes, stall_s, skip)
                 record = record_for(self.models[model_id])
-                if entry.get("convert"):
+                if from_checkpoint(entry):
+                    began = time.monotonic()
+                    record["converted"] = await self._convert_checkpoint(model_id, folder, skip)
+                    record["reused"] = {f["path"]: f["reuse"]["model"] for f in skip}
+                    record["conversion_s"] = round(time.monotonic() - began, 1)
+                elif entry.get("convert"):
                     record["converted"] = await self._convert(model_id, folder)
             finally:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
             await write_json(folder, RECORD, record)
             await remove(folder, WANTED)
+            if from_checkpoint(entry):  # only the converted model is kept
+                for f in self.models[model_id]["files"]:
+                    await remove(folder, f["sha256"])
             _, sizes, record = await self.refresh(model_id)
             for stale in leftovers(self.models[model_id], sizes, record):  # not the bundle's: the state stands
                 await remove(folder, stale)
-            self.status[model_id]["message"] = f"{name} is installed and verified."
+            self.status[model_id]["message"] = f"{name} is installed and verified." + converted_text(
+                record, {m: e["name"] for m, e in self.models.items()})
         except asyncio.CancelledError:
             folder = await model_folder(model_id, create=False)
             if folder:
@@ -354,16 +378,36 @@ class Installer:
 
         return await convert_bundle(folder, self.models[model_id], on_part)
 
+    def _reusable(self, model_id) -> list[dict]:
+        """Files not downloaded: the host says they are the bytes an installed model was made from."""
+        return [f for f in reused(self.models[model_id]) if self.state(f["reuse"]["model"]) == "installed"]
+
+    async def _convert_checkpoint(self, model_id, folder, skip):
+        status, entry = self.status[model_id], self.models[model_id]
+        status.update(state="converting", speed=0, eta_s=-1)
+        skipped = {f["path"] for f in skip}
+        files = {f["path"]: await (await folder.getFileHandle(f["sha256"])).getFile()
+                 for f in entry["files"] if f["path"] not in skipped}
+
+        async def on_progress(fraction, message):
+            self._active(model_id)
+            status.update(message=f"{message} {100 * fraction:.0f}%")
+            await self.report(force=False)
+
+        return await self.convert_checkpoint(folder, entry, files, {f["reuse"]["part"]: f["reuse"]["model"]
+                                                                    for f in skip}, on_progress)
+
     async def _forget_host_hash(self, model_id, path):
         folder = await model_folder(model_id)
         record = await read_json(folder, HOST_HASHES) or {}
         record.pop(path, None)
         await write_json(folder, HOST_HASHES, record)
 
-    async def _check_space(self, entry, folder, sizes):
+    async def _check_space(self, entry, folder, sizes, skip=()):
         import js
 
-        needed = sum(f["size"] - partial_bytes(f, sizes) for f in entry["files"] if not stored(f, sizes))
+        needed = sum(f["size"] - partial_bytes(f, sizes) for f in entry["files"]
+                     if not stored(f, sizes) and f not in skip)
         needed += convert_reserve(entry)  # the converted files, if the variant converts
         estimate = await js.navigator.storage.estimate()
         problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
@@ -375,12 +419,12 @@ class Installer:
         if fits < needed:
             raise InstallError(no_room_text(needed, fits))
 
-    async def _download_missing(self, model_id, folder, sizes, stall_s):
+    async def _download_missing(self, model_id, folder, sizes, stall_s, skip=()):
         entry, status = self.models[model_id], self.status[model_id]
         rate = Rate()
-        done = sum(f["size"] for f in entry["files"] if stored(f, sizes))
+        done = sum(f["size"] for f in entry["files"] if stored(f, sizes) or f in skip)
         for f in entry["files"]:
-            if stored(f, sizes):
+            if stored(f, sizes) or f in skip:
                 continue
 
             async def on_bytes(have, f=f):
@@ -416,7 +460,7 @@ class Installer:
             entry = self.models[model_id]
             self.status[model_id].update(state="verifying", message="Checking every file…", error=False)
             await self.report()
-            bad = await damaged_files(folder, entry["files"] + converted_files(record), sizes)
+            bad = await damaged_files(folder, kept_files(entry, record), sizes)
             await self.refresh(model_id)
             if bad:
                 self.fail(model_id, f"{entry['name']} is damaged: {', '.join(bad)} did not match "
@@ -460,6 +504,9 @@ class Installer:
             self.status[model_id]["message"] = (f"Imported and verified; still missing: {', '.join(missing)}. "
                                                 "Import them too, or Install downloads the rest.")
             return
+        if from_checkpoint(entry):  # its files are a checkpoint: installed once converted
+            self.status[model_id]["message"] = "Imported and verified. Install converts it for loading here."
+            return
         await write_json(folder, RECORD, record_for(entry))
         await self.refresh(model_id)
         self.status[model_id]["message"] = f"{entry['name']} was imported and verified."
@@ -476,5 +523,5 @@ class Installer:
             hint = self.status[model_id]["message"] or "Install it in the Models panel first."
             raise InstallError(f"{entry['name']} is not installed. {hint}" if state != "damaged" else hint)
         return {f["path"]: await (await folder.getFileHandle(f["sha256"])).getFile()
-                for f in entry["files"] + converted_files(record)}
+                for f in kept_files(entry, record)}
 

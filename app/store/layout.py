@@ -18,7 +18,7 @@ hashing 13 GB on every visit would take longer than the generation.
 
 import json
 
-from .manifest import conversion_growth
+from .manifest import conversion_growth, from_checkpoint
 from .opfs import not_found, options, storage_failure
 
 FOLDER = "models"
@@ -46,6 +46,18 @@ def converted_files(record) -> list[dict]:
     return [{"path": p, "sha256": sha, "size": size} for p, (sha, size) in ((record or {}).get("converted") or {}).items()]
 
 
+def kept_files(entry: dict, record) -> list[dict]:
+    """What an installed model keeps: its downloaded files and what the install converted from them; a
+    checkpoint's files are gone once converted (only the converted model is kept)."""
+    return ([] if from_checkpoint(entry) else entry["files"]) + converted_files(record)
+
+
+def reused(entry: dict) -> list[dict]:
+    """Files the host says are the same bytes as one another model was installed from: not downloaded, that
+    model's converted part is copied instead (when it is installed; the installer checks)."""
+    return [f for f in entry["files"] if (f.get("reuse") or {}).get("same")]
+
+
 def stored(f: dict, sizes: dict) -> bool:
     """Whether file `f` is in the folder, complete (a file whose sha256 is not known yet is not)."""
     return f["sha256"] is not None and sizes.get(f["sha256"]) == f["size"]
@@ -63,7 +75,7 @@ def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
     done = total - sum(f["size"] for f in missing)
     done += sum(partial_bytes(f, sizes) for f in missing)
     if record is not None and record.get("files") == record_for(entry)["files"]:
-        missing += [f for f in converted_files(record) if not stored(f, sizes)]
+        missing = [f for f in kept_files(entry, record) if not stored(f, sizes)]
         if not missing:
             return "installed", total, ""
         names = ", ".join(f["path"] for f in missing)
@@ -140,7 +152,9 @@ def page_row(model_id: str, entry: dict, status: dict) -> dict:
 
 
 def convert_reserve(entry: dict) -> int:
-    """At most what a variant's converted files take (convert.py)."""
+    """At most what a variant's converted files take (convert.py, or a checkpoint's conversion)."""
+    if from_checkpoint(entry):
+        return entry["convert"]["bytes"]
     sources = set(entry.get("convert", {}).get("from", {}).values())
     return conversion_growth(entry) * sum(f["size"] for f in entry["files"] if f["path"] in sources)
 

@@ -19,6 +19,19 @@ def conversion_growth(entry: dict) -> int:
     """The most bytes a variant's conversion writes per byte it converts (0 when it converts nothing)."""
     return CONVERSIONS.get(entry.get("convert", {}).get("to"), 0)
 
+
+# A variant made at install from SDXL safetensors checkpoint files (app/worker/checkpoint.py): its linear
+# weights quantized to int4 into the family's graph templates, as a visitor's own checkpoint is imported.
+# Only the converted model is kept; the downloaded files go once it is recorded.
+CHECKPOINT = "checkpoint"
+# A checkpoint file's header (names, shapes, offsets) depends on its writer; its tensor data does not.
+# A file whose size the host gives may differ from the listed size by this much.
+HEADER_SLACK = 1 << 20
+
+
+def from_checkpoint(entry: dict) -> bool:
+    return entry.get("convert", {}).get("from") == CHECKPOINT
+
 SCHEMA = 1
 PIPELINES = ("sdxl-turbo", "sdxl-refiner", "vae-encoder")
 # An add-on is installed on first use of what needs it and loaded beside the model it serves: no
@@ -95,6 +108,8 @@ def _file_problems(f) -> list[tuple[str, str]]:
     elif not _is_int(size) or size < 0:
         out.append((label, "the size must be a whole number of bytes, 0 or more."))
     from_host = f.get("sha256_from") == "host"
+    if "size_from" in f and not (f["size_from"] == "host" and from_host):
+        out.append((label, '"size_from" can only be "host", and only for a file that takes its sha256 from there.'))
     if "sha256_from" in f and not from_host:
         out.append((label, '"sha256_from" can only be "host".'))
     if from_host and sha is not None:
@@ -126,7 +141,9 @@ def _layout_problems(v) -> list[str]:
                                               for k, o in outputs.items())):
         out.append('"conditioning_outputs" must map text encoders to outputs named "hidden_states.N".')
     convert = v.get("convert")
-    if convert is not None:
+    if isinstance(convert, dict) and convert.get("from") == CHECKPOINT:
+        out += _checkpoint_problems(v, convert)
+    elif convert is not None:
         sources = convert.get("from") if isinstance(convert, dict) else None
         if not (isinstance(convert, dict) and convert.get("to") in CONVERSIONS and isinstance(sources, dict)
                 and sources and all(k in PARTS and p in paths for k, p in sources.items())):
@@ -137,9 +154,34 @@ def _layout_problems(v) -> list[str]:
         else:
             out += [f'"convert" would write {p!r}, which is one of the downloaded files.'
                     for k in sources for p in (f"{k}/model.onnx", f"{k}/model.onnx_data") if p in paths]
+    out += [f'file "{f.get("path")}": only a variant converted from a checkpoint reuses files.'
+            for f in v.get("files") or [] if isinstance(f, dict) and "reuse" in f and not from_checkpoint(v)]
     dims = v.get("free_dimensions", {})
     if not (isinstance(dims, dict) and all(isinstance(k, str) and k and _is_int(n) and n > 0 for k, n in dims.items())):
         out.append('"free_dimensions" must map dimension names to positive whole numbers.')
+    return out
+
+
+def _checkpoint_problems(v, convert) -> list[str]:
+    out = []
+    if not (convert.get("to") == "q4" and isinstance(convert.get("family"), str) and _ID.fullmatch(convert["family"])
+            and _is_int(convert.get("bytes")) and convert["bytes"] > 0 and set(convert) == {"from", "to", "family", "bytes"}):
+        out.append('"convert" from a checkpoint must be {"from": "checkpoint", "to": "q4", "family": <graph templates>, '
+                   '"bytes": <the converted model\'s size>}.')
+    if "parts" in v:
+        out.append('a variant converted from a checkpoint loads its parts from where the conversion puts them: no "parts".')
+    for f in v.get("files") or []:
+        if not isinstance(f, dict):
+            continue
+        if not str(f.get("path", "")).endswith(".safetensors"):
+            out.append(f'file "{f.get("path")}": a variant converted from a checkpoint downloads only .safetensors files.')
+        reuse = f.get("reuse")
+        if reuse is not None and not (isinstance(reuse, dict) and set(reuse) == {"model", "part", "if_same_as"}
+                                      and isinstance(reuse["model"], str) and _ID.fullmatch(reuse["model"])
+                                      and reuse["part"] in PARTS and f.get("sha256_from") == "host"
+                                      and HUB_FILE.fullmatch(str(reuse["if_same_as"]))):
+            out.append(f'file "{f.get("path")}": "reuse" must be {{"model": <id>, "part": <its part>, "if_same_as": '
+                       '<a Hub file>}, on a file that takes its sha256 from the host.')
     return out
 
 

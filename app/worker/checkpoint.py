@@ -10,6 +10,8 @@ Worker -> page:  {type: "checkpoint-checked", id, message ("" when it can be imp
                  {type: "checkpoint-error", id, message}        {type: "checkpoint-cancelled", id}
 A single .safetensors file (A1111/ComfyUI) or the .safetensors files of a diffusers folder, in any order. An SDXL
 model is imported as one of its family's kinds; an SDXL refiner as the second pass of Refine.
+The same conversion makes a site model whose variant is converted from a checkpoint at install
+(`convert_download`, which the installer calls once the files are downloaded and verified).
 """
 
 import asyncio
@@ -18,7 +20,7 @@ import json
 import time
 import traceback
 
-from ..checkpoint.detect import by_part, detect
+from ..checkpoint.detect import NAMES, by_part, detect
 from ..checkpoint.fill import data_size, fill
 from ..checkpoint.safetensors import CheckpointError, read_header
 from ..store.hasher import Hasher
@@ -84,16 +86,18 @@ class Importer:
                 out[name][part] = self.graphs[f["url"]]
         return out
 
-    async def _open(self, files):
+    async def _open(self, files, shown=None, borrowed=frozenset()):
+        """(found, {part: Header}, {part: reader}, {part: file name}, the headers' digest); `shown` names the
+        files when their own names do not (an install's files are stored under their digests)."""
         if not files:
             raise CheckpointError("no file was given.")
-        for file in files:
-            if not str(file.name).lower().endswith(".safetensors"):
-                raise CheckpointError(f"{file.name} is not a .safetensors file. Lantern imports SDXL checkpoints saved "
-                                      "as .safetensors (one file, or the files of a diffusers folder).")
         # A diffusers folder has two model.safetensors and two diffusion_pytorch_model.safetensors: keyed by
         # position, shown by the path the browser gives (webkitRelativePath for a picked folder) or name.
-        shown = [str(getattr(f, "webkitRelativePath", "") or f.name) for f in files]
+        shown = shown or [str(getattr(f, "webkitRelativePath", "") or f.name) for f in files]
+        for name in shown:
+            if not name.lower().endswith(".safetensors"):
+                raise CheckpointError(f"{name.rpartition('/')[2]} is not a .safetensors file. Lantern imports SDXL "
+                                      "checkpoints saved as .safetensors (one file, or the files of a diffusers folder).")
         keys = [f"{i}:{name}" for i, name in enumerate(shown)]
         readers = {k: _reader(f) for k, f in zip(keys, files)}
         headers = {k: await read_header(readers[k], int(f.size), name) for k, f, name in zip(keys, files, shown)}
@@ -104,7 +108,7 @@ class Importer:
             h = parts[part]
             digest.update(f"{part}:{h.size}:".encode())
             digest.update(await readers[file_of[part]](0, h.data_start))
-        found = detect(parts, await self._templates())
+        found = detect(parts, await self._templates(), borrowed)
         names = {part: k.partition(":")[2] for part, k in file_of.items()}
         return found, parts, {part: readers[k] for part, k in file_of.items()}, names, digest.hexdigest()
 
@@ -192,10 +196,8 @@ class Importer:
 
         started = time.monotonic()
         folder = await model_folder(model_id)
-        sizes = data_size(found.targets)
-        templates = (await self._templates(found.family))[found.family]
-        vae = None if found.own_vae else await self._fallback_vae(family)
-        needed = self._converted_bytes(found, family) + (sum(int(f.size) for f in vae.values()) if vae else 0)
+        copied = await self._parts_of(_fallback(found, family))
+        needed = self._converted_bytes(found, family) + sum(int(f.size) for f in copied.values())
         estimate = await js.navigator.storage.estimate()
         problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
         if problem:
@@ -204,7 +206,42 @@ class Importer:
         if fits < needed:
             raise InstallError(f"Not enough storage: the converted model needs {gb(needed)}, but this browser "
                                f"window can store only about {gb(fits)} more for this site.")
-        progress = Progress(job, sum(h.size for h in parts.values()) + sum(sizes.values()))
+
+        async def tell(fraction, message, mb_s):
+            post({"type": "checkpoint-progress", "id": job, "message": message, "fraction": fraction, "mb_s": mb_s})
+
+        converted, sources = await self._fill_folder(folder, found, parts, readers, file_of, family, index, copied, tell)
+        seconds = time.monotonic() - started
+        total = sum(size for _, size in converted.values())
+        entry = own_entry(model_id, name, kind, found, family, sources, total, seconds)
+        await finish(model_id, entry, converted)
+        return entry
+
+    async def convert_download(self, folder, entry, files, borrowed, on_progress) -> dict:
+        """The install of a site model made from a checkpoint: its downloaded files ({path: File}) converted into
+        `folder`, the parts `borrowed` names ({part: model id}) copied from those installed models. Returns
+        {path: [sha256, size]} of what the model keeps. `await on_progress(fraction, message)` hears how it goes."""
+        found, parts, readers, file_of, _ = await self._open(list(files.values()), list(files), frozenset(borrowed))
+        refiner = entry["pipeline"] == "sdxl-refiner"
+        if found.family != entry["convert"]["family"] or (found.kind == "sdxl-refiner") != refiner:
+            raise InstallError(f"the downloaded files hold {found.describe()}, not the "
+                               f"{'SDXL refiner' if refiner else 'SDXL model'} this site lists.")
+        index = await self._index()
+        family = index["families"][found.family]
+        copied = await self._parts_of({**_fallback(found, family), **borrowed})
+
+        async def tell(fraction, message, mb_s):
+            await on_progress(fraction, message)
+
+        return (await self._fill_folder(folder, found, parts, readers, file_of, family, index, copied, tell))[0]
+
+    async def _fill_folder(self, folder, found, parts, readers, file_of, family, index, copied, tell):
+        """The converted model in `folder`: the templates' weights filled from the checkpoint (read once, hashed
+        on the way), the graphs, tokenizers and scheduler config, and the `copied` files ({path: File}).
+        Returns ({path: [sha256, size]}, {part: the source's name, size and sha256})."""
+        sizes = data_size(found.targets)
+        templates = (await self._templates(found.family))[found.family]
+        progress = Progress(sum(h.size for h in parts.values()) + sum(sizes.values()), tell)
         written, converted = {}, {}
         hashers = {part: Hasher() for part in parts}
         try:
@@ -244,31 +281,35 @@ class Importer:
             if hashlib.sha256(data).hexdigest() != f["sha256"]:
                 raise InstallError(f"the site's {f['url']} is damaged (its sha256 differs); reload the page.")
             converted[path] = list(await store_bytes(folder, data, f["sha256"]))
-        if vae:
-            for path, file in vae.items():
-                copy, size, read = Written(folder, path.replace("/", "-")), int(file.size), _reader(file)
-                try:
-                    await copy.open(size)
-                    for start in range(0, size, 8 << 20):
-                        copy.write_at(start, await read(start, min(start + (8 << 20), size)))
-                    converted[path] = list(await copy.commit())
-                finally:
-                    copy.close()
-        seconds = time.monotonic() - started
-        total = sum(size for _, size in converted.values())
-        entry = own_entry(model_id, name, kind, found, family, sources, total, seconds)
-        await finish(model_id, entry, converted)
-        return entry
+        for path, file in copied.items():
+            copy, size, read = Written(folder, path.replace("/", "-")), int(file.size), _reader(file)
+            try:
+                await copy.open(size)
+                for start in range(0, size, 8 << 20):
+                    copy.write_at(start, await read(start, min(start + (8 << 20), size)))
+                converted[path] = list(await copy.commit())
+            finally:
+                copy.close()
+        return converted, sources
 
-    async def _fallback_vae(self, family) -> dict:
-        """path -> File of the VAE decoder of the model the family borrows one from (a checkpoint without a VAE)."""
-        source = family["vae_from"]
-        if source not in self.installer.models or self.installer.state(source) != "installed":
-            name = self.installer.models.get(source, {}).get("name", source)
-            raise CheckpointError(f"this checkpoint has no VAE inside, so SDXL's VAE is used; install {name} first "
-                                  "(its VAE is copied from it).")
-        files = await self.installer.files_for_loading(source)
-        return {p: f for p, f in files.items() if p.startswith("vae_decoder/")}
+    async def _parts_of(self, borrowed: dict) -> dict:
+        """path -> File of each part that `borrowed` ({part: model id}) takes from an installed model."""
+        out = {}
+        for part, source in borrowed.items():
+            if self.installer.state(source) != "installed":
+                name = self.installer.models.get(source, {}).get("name", source)
+                raise CheckpointError(
+                    f"this checkpoint has no VAE inside, so SDXL's VAE is used; install {name} first (its VAE is "
+                    "copied from it)." if part == "vae_decoder" else
+                    f"its {NAMES.get(part, part)} is copied from {name}, which is no longer installed; install it first.")
+            files = await self.installer.files_for_loading(source)
+            out.update({p: f for p, f in files.items() if p.startswith(part + "/")})
+        return out
+
+
+def _fallback(found, family) -> dict:
+    """{part: model id}: SDXL's VAE, from the model the family borrows one from, for a checkpoint without one."""
+    return {} if found.own_vae else {"vae_decoder": family["vae_from"]}
 
 
 def kinds_of(found, family) -> dict:
@@ -296,8 +337,10 @@ def own_entry(model_id, name, kind, found, family, sources, total, seconds) -> d
 
 
 class Progress:
-    def __init__(self, job, total: int):
-        self.job, self.total, self.done = job, max(total, 1), 0
+    """Bytes done of a conversion, told (`await tell(fraction, message, MB/s)`) at most every REPORT_SECONDS."""
+
+    def __init__(self, total: int, tell):
+        self.total, self.done, self.tell = max(total, 1), 0, tell
         self.started = self.last = time.monotonic()
 
     async def add(self, n: int, message: str):
@@ -305,9 +348,7 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= REPORT_SECONDS or self.done >= self.total:
             self.last = now
-            post({"type": "checkpoint-progress", "id": self.job, "message": message,
-                  "fraction": min(self.done / self.total, 1.0),
-                  "mb_s": self.done / 1e6 / max(now - self.started, 1e-3)})
+            await self.tell(min(self.done / self.total, 1.0), message, self.done / 1e6 / max(now - self.started, 1e-3))
         await asyncio.sleep(0)  # a Cancel (and the page's other messages) gets its turn
 
 

@@ -63,6 +63,7 @@ class Worker:
         self.generator = Generator(self.models, caps, self.installer)
         self.tokens = TokenCounter(self.models, self.installer)
         self.importer = Importer(self.installer, self.add_model)
+        self.installer.convert_checkpoint = self.importer.convert_download
 
     def row(self, m: dict) -> dict:
         """What the page's Model list knows of a model (the ready message lists one per model)."""
