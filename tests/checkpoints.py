@@ -167,3 +167,20 @@ def converted_bytes(family: str, parts=("refiner_unet", "text_encoder_2", "vae_d
     weights = data_size({part: targets(part, graphs[part]) for part in parts})
     shared = sum(f.stat().st_size for f in SHARED.rglob("*") if f.is_file())
     return sum(weights.values()) + sum(len(graphs[part]) for part in parts) + shared
+
+
+def diffusers_file_size(family: str, parts) -> int:
+    """The size of a diffusers fp16 .safetensors file of these template parts, as the safetensors library writes
+    one: 8 bytes, a JSON header (with {"format": "pt"}, tensors in name order) padded to 8, then the data."""
+    graphs = templates()[family]
+    shapes = {}
+    for part in parts:
+        for key, t in targets(part, graphs[part]).items():
+            shapes[key] = list(t.dims) if t.kind == "float" else [t.dims[0], t.dims[1] * BLOCK_SIZE]
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name in sorted(shapes):
+        size = 2 * math.prod(shapes[name])
+        header[name] = {"dtype": "F16", "shape": shapes[name], "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return 8 + len(raw) + (-len(raw) % 8) + offset

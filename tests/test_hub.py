@@ -85,3 +85,41 @@ def test_an_answer_recorded_for_another_url_or_size_is_not_used():
     moved = dict(ENTRY, files=[dict(FILE, url=URL.replace("main", "v2")), PINNED])
     resized = dict(ENTRY, files=[dict(FILE, size=5), PINNED])
     assert unresolved(with_host_hashes(moved, record)) and unresolved(with_host_hashes(resized, record))
+
+
+# A checkpoint file of a variant converted at install: its size from the host too, and maybe SDXL-Turbo's bytes.
+UNET = {"path": "unet/diffusion_pytorch_model.fp16.safetensors", "size": 4_519_210_760, "sha256": None,
+        "sha256_from": "host", "size_from": "host",
+        "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-refiner-1.0/resolve/main/unet/"
+               "diffusion_pytorch_model.fp16.safetensors"}
+TURBO_VAE = "https://huggingface.co/stabilityai/sdxl-turbo/resolve/main/vae/diffusion_pytorch_model.fp16.safetensors"
+VAE = dict(UNET, path="vae/diffusion_pytorch_model.fp16.safetensors", size=167_335_342,
+           url=UNET["url"].replace(UNET["path"], "vae/diffusion_pytorch_model.fp16.safetensors"),
+           reuse={"model": "sdxl-turbo", "part": "vae_decoder", "if_same_as": TURBO_VAE})
+
+
+def test_a_checkpoint_file_takes_the_hosts_size_within_a_headers_difference():
+    near = host_file(UNET, COMMIT, dict(info(size=UNET["size"] - 4096), path=UNET["path"]))
+    assert near["size"] == UNET["size"] - 4096
+    entry = with_host_hashes({"files": [UNET]}, {UNET["path"]: near})
+    assert entry["files"][0]["size"] == UNET["size"] - 4096 and not unresolved(entry)  # the download checks this size
+    with pytest.raises(HostError, match="this site expects about 4,519,210,760"):  # the fp32 file, say
+        host_file(UNET, COMMIT, dict(info(size=2 * UNET["size"]), path=UNET["path"]))
+
+
+@pytest.mark.parametrize("turbo_oid, same", [(SHA, True), ("7" * 64, False)])
+def test_a_file_that_may_be_sdxl_turbos_is_compared_by_the_hosts_sha256s(turbo_oid, same):
+    calls = []
+
+    async def get_json(url, form=None):
+        calls.append(url)
+        if url.endswith("/revision/main"):
+            return {"sha": COMMIT}
+        oid = turbo_oid if "/sdxl-turbo/" in url else SHA
+        return [dict(info(size=VAE["size"] + 8, oid=oid), path=VAE["path"])]
+
+    record = run(ask_host([VAE], get_json))
+    assert any("/api/models/stabilityai/sdxl-turbo/paths-info/" in c for c in calls)
+    assert record[VAE["path"]]["same_as"] == turbo_oid
+    (f,) = with_host_hashes({"files": [VAE]}, record)["files"]
+    assert f["reuse"]["same"] is same and f["size"] == VAE["size"] + 8

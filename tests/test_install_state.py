@@ -57,3 +57,17 @@ def test_a_download_promises_no_time_left_before_it_has_a_second_of_samples():
     assert rate.speed() > 0 and rate.eta(50_000_000) is None
     rate.add(11.2, 60_000_000)
     assert rate.eta(60_000_000) == 60_000_000 / rate.speed()
+
+
+CHECKPOINT = {"path": "unet/diffusion_pytorch_model.fp16.safetensors", "url": "/u", "size": 900, "sha256": "e" * 64}
+FROM_CHECKPOINT = {"variant": "q4", "files": [CHECKPOINT],
+                   "convert": {"from": "checkpoint", "to": "q4", "family": "sdxl", "bytes": 500}}
+
+
+def test_a_model_made_from_a_checkpoint_keeps_only_the_converted_files():
+    record = dict(record_for(FROM_CHECKPOINT), converted=CONVERTED)
+    converted = {"c" * 64: 7, "d" * 64: 150}
+    assert bundle_state(FROM_CHECKPOINT, converted, record)[0] == "installed"  # the download is gone
+    assert bundle_state(FROM_CHECKPOINT, {CHECKPOINT["sha256"]: 900}, None)[2].startswith("Downloaded, not yet converted")
+    assert bundle_state(FROM_CHECKPOINT, {"c" * 64: 7}, record)[0] == "damaged"  # Install downloads and converts again
+    assert convert_reserve(FROM_CHECKPOINT) == 500

@@ -170,8 +170,7 @@ def test_every_committed_entry_is_complete():
         entry = json.loads(path.read_text())
         assert path.stem == entry["id"]
         assert model_problems(entry) == [], path.name
-    # no real refiner small enough for a browser exists
-    assert {p.stem for p in paths} == {"sdxl-turbo", "sdxl-turbo-vae-encoder", *TINY}
+    assert {p.stem for p in paths} == {"sdxl-turbo", "sdxl-turbo-vae-encoder", "sdxl-refiner", *TINY}
 
 
 def test_sdxl_turbo_offers_q4f16_then_fp32_with_exact_sizes_and_the_hashes_known():
@@ -434,3 +433,65 @@ def test_only_encoders_name_what_they_encode_for():
     entry = entry_file("tiny-sdxl-turbo")
     entry["encodes_for"] = ["x"]
     assert any("only VAE encoders" in p for p in model_problems(entry))
+
+
+REFINER_REPO = "https://huggingface.co/stabilityai/stable-diffusion-xl-refiner-1.0/resolve/main/"
+TURBO_REPO = "https://huggingface.co/stabilityai/sdxl-turbo/resolve/main/"
+
+
+def test_the_sdxl_refiner_is_made_at_install_from_its_official_fp16_safetensors():
+    """No browser-sized refiner exists: the entry downloads the official fp16 files and converts them with the
+    full-size templates. Each listed size is the file's tensor data, exact (the template's tensors in fp16), and
+    a header as safetensors writes one; the host's exact size and sha256 are taken at install."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from checkpoints import REFINER_REPO_FILES, converted_bytes, diffusers_file_size
+
+    entry = entry_file("sdxl-refiner")
+    (variant,) = entry["variants"]
+    assert (entry["pipeline"], entry["refines"]) == ("sdxl-refiner", ["sdxl-turbo"])
+    assert variant["convert"] == {"from": "checkpoint", "to": "q4", "family": "sdxl", "bytes": converted_bytes("sdxl")}
+    files = {f["path"]: f for f in variant["files"]}
+    assert set(files) == set(REFINER_REPO_FILES.values())
+    for part, path in REFINER_REPO_FILES.items():
+        f = files[path]
+        assert f["url"] == REFINER_REPO + path and f["sha256"] is None
+        assert (f["sha256_from"], f["size_from"]) == ("host", "host")
+        with_encoder = ("vae_decoder", "vae_encoder") if part == "vae_decoder" else (part,)
+        assert f["size"] == diffusers_file_size("sdxl", with_encoder)
+        if part != "refiner_unet":  # the same as SDXL-Turbo's? decided by the host's sha256s at install
+            assert f["reuse"] == {"model": "sdxl-turbo", "part": part, "if_same_as": TURBO_REPO + path}
+    assert files[REFINER_REPO_FILES["refiner_unet"]]["size"] == 4_519_210_760  # 2,259,526,660 fp16 parameters
+    assert variant["conditioning_outputs"] == {"text_encoder_2": "hidden_states.31"}  # SDXL-Turbo's bigG too
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"convert": {"from": "checkpoint", "to": "q4", "family": "sdxl"}}, '"convert" from a checkpoint must be'),
+    ({"convert": {"from": "checkpoint", "to": "fp32-activations", "family": "sdxl", "bytes": 5}},
+     '"convert" from a checkpoint must be'),
+    ({"parts": {"unet": "unet/diffusion_pytorch_model.fp16.safetensors"}}, 'no "parts"'),
+])
+def test_a_variant_from_a_checkpoint_names_its_family_and_converted_size(change, words):
+    entry = entry_file("sdxl-refiner")
+    entry["variants"][0].update(change)
+    assert any(words in p for p in model_problems(entry)), model_problems(entry)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"size_from": "host", "sha256": "ab" * 32, "sha256_from": None}, '"size_from" can only be "host"'),
+    ({"size_from": "mirror"}, '"size_from" can only be "host"'),
+    ({"reuse": {"model": "sdxl-turbo", "part": "unet"}}, '"reuse" must be'),
+    ({"reuse": {"model": "sdxl-turbo", "part": "unet", "if_same_as": "/local.safetensors"}}, '"reuse" must be'),
+    ({"path": "unet/model.onnx"}, "downloads only .safetensors files"),
+])
+def test_a_checkpoint_file_takes_its_size_from_the_host_and_reuses_only_hub_files(change, words):
+    entry = entry_file("sdxl-refiner")
+    f = entry["variants"][0]["files"][1]
+    f.update(change)
+    if change.get("sha256_from", "") is None:
+        del f["sha256_from"]
+    assert any(words in p for p in model_problems(entry)), model_problems(entry)
+
+
+def test_only_a_variant_from_a_checkpoint_reuses_files(good):
+    first_file(good)["reuse"] = {"model": "sdxl-turbo", "part": "unet", "if_same_as": TURBO_REPO + "x.safetensors"}
+    assert any("only a variant converted from a checkpoint reuses files" in p for p in model_problems(good))
