@@ -31,6 +31,7 @@ from .layout import (HOST_HASHES, RECORD, WANTED, InstallError, bundle_state, co
 from .manifest import from_checkpoint
 from .locks import held, model_lock
 from .opfs import file_sizes, folder_names, remove, room
+from .own import is_own
 
 STALL_SECONDS = 30.0  # no bytes for this long: drop the connection and resume it
 QUIET_EXTRA_SECONDS = 15.0  # the watchdog speaks after the stall time plus this (more than a resume's backoff)
@@ -68,6 +69,7 @@ class Installer:
         self.channel = None
         self.gallery = None  # {images, mb}: what the gallery keeps, for the storage line
         self.active_at = {}  # id -> time.monotonic() of its install's latest progress (the watchdog's clock)
+        self.waiting = set()  # tidy's tasks for folders an import held when it looked
         # (folder, entry, {path: File} downloaded, {part: model id} to copy, on_progress) -> {path: [sha256, size]}:
         # the conversion of a variant made from a checkpoint (the worker's checkpoint importer does it)
         self.convert_checkpoint = None
@@ -154,9 +156,9 @@ class Installer:
             self.install(model_id)
 
     async def tidy(self):
-        """Remove what closed tabs left behind (partial import copies), and find the folders of models no
-        longer listed, so the panel can offer to free them; a folder another tab holds (a checkpoint it is
-        importing) is left alone."""
+        """Remove what closed tabs left behind (partial import copies, checkpoint imports that never finished), and
+        find the folders of models no longer listed, so the panel can offer to free them; a folder an import holds
+        is judged once that import ends."""
         self.unlisted = []
         root = await models_folder()
         for name in await folder_names(root):
@@ -168,12 +170,29 @@ class Installer:
             if name in self.models:
                 continue
             async with held(model_lock(name), wait=False) as mine:
-                if not mine:  # a checkpoint being imported in another tab: not ours to judge
-                    continue
-                if kept_bytes(sizes):
-                    self.unlisted.append({"id": name, "mb": kept_bytes(sizes) / 1e6})
-                else:  # nothing in it worth a question
-                    await remove(root, name, recursive=True)
+                if mine:
+                    await self._judge(root, name, sizes)
+                elif is_own(name):  # an import in another tab, or in the worker this one replaced: judged once it ends
+                    task = asyncio.ensure_future(self._judge_when_free(name))
+                    self.waiting.add(task)
+                    task.add_done_callback(self.waiting.discard)
+
+    async def _judge(self, root, name, sizes):
+        """A folder no model lists: an import that never finished is removed (it cannot be resumed); what else
+        holds bytes is offered to free."""
+        if (is_own(name) and RECORD not in sizes) or not kept_bytes(sizes):
+            await remove(root, name, recursive=True)
+        else:
+            self.unlisted.append({"id": name, "mb": kept_bytes(sizes) / 1e6})
+
+    async def _judge_when_free(self, name):
+        """Once the import holding `name` ends, its folder goes if the import never finished: a worker replaced
+        after a device loss holds it until that worker is gone. Another tab's finished import stays (the next
+        visit lists it)."""
+        async with held(model_lock(name)):
+            folder = await model_folder(name, create=False)
+            if folder and RECORD not in await file_sizes(folder):
+                await remove(await models_folder(), name, recursive=True)
 
     async def free_unlisted(self):
         for folder in self.unlisted:
