@@ -13,6 +13,9 @@ from app.checkpoint.detect import SINGLE, detect, layout
 from app.checkpoint.fill import _value, data_size, fill, targets
 from app.checkpoint.safetensors import as_float32, read_header
 from app.checkpoint.templates import BLOCK_SIZE
+from app.pipeline.bundle import to_uint8
+from app.pipeline.refiner import SDXLRefiner
+from app.runtime.ort import OrtRuntime
 from conftest import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,3 +187,20 @@ def diffusers_file_size(family: str, parts) -> int:
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     return 8 + len(raw) + (-len(raw) % 8) + offset
+
+
+def cpython_refined(bundle: Path, cpu_pipeline, prompt: str, seed: int = 90) -> np.ndarray:
+    """What the refiner in `bundle` (with the tiny family's refiner schedule) makes of the tiny SDXL-Turbo's
+    picture (2 steps, 64x64) on CPython."""
+    last = {}
+
+    async def keep(i, x, denoised):
+        last["x"] = x
+
+    run(cpu_pipeline.generate(prompt, seed, 2, 64, 64, on_step=keep))
+    family = json.loads((TEMPLATES / "tiny-sdxl" / "family.json").read_text())["refiner"]
+    (bundle / "scheduler_config.json").write_text(json.dumps(family["scheduler"]))
+    entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text())
+    refiner = run(SDXLRefiner.load(OrtRuntime(bundle), entry))
+    d = family["defaults"]
+    return to_uint8(run(refiner.refine(prompt, seed, last["x"], d["strength"], d["steps"]))).astype(int)

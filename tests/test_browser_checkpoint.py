@@ -13,11 +13,10 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
-from app.pipeline.refiner import SDXLRefiner
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
 from app.store.png import read_parameters
-from checkpoints import SINGLE_FILE, REFINER_FILE, convert, diffusers_folder, single_file
+from checkpoints import SINGLE_FILE, REFINER_FILE, convert, cpython_refined, diffusers_folder, single_file
 from conftest import ROOT, RUN_TIMEOUT_MS, run
 from test_browser import PIXEL_TOLERANCE, PROMPT, fill, generate_and_download, press_and_wait
 from test_browser_device import LOSE_DEVICE_AT
@@ -154,20 +153,8 @@ def test_a_refiner_checkpoint_becomes_the_second_pass_of_refine(panel, tmp_path,
     params = read_parameters(png)
     assert params["refiner"].startswith("own-") and params["model"] == "tiny-sdxl-turbo"
 
-    last = {}
-
-    async def keep(i, x, denoised):
-        last["x"] = x
-
-    run(cpu_pipeline.generate(PROMPT, 90, 2, 64, 64, on_step=keep))
-    family = json.loads((ROOT / "models" / "templates" / "tiny-sdxl" / "family.json").read_text())["refiner"]
-    scheduler = tmp_path / "scheduler_config.json"
-    scheduler.write_text(json.dumps(family["scheduler"]))
-    convert(single_file(REFINER_FILE), tmp_path / "refiner", scheduler=scheduler)
-    entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text())
-    refiner = run(SDXLRefiner.load(OrtRuntime(tmp_path / "refiner"), entry))
-    d = family["defaults"]
-    expected = to_uint8(run(refiner.refine(PROMPT, 90, last["x"], d["strength"], d["steps"]))).astype(int)
+    convert(single_file(REFINER_FILE), tmp_path / "refiner")
+    expected = cpython_refined(tmp_path / "refiner", cpu_pipeline, PROMPT)
     got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     assert np.abs(got - expected).max() <= PIXEL_TOLERANCE
     expect(app.locator("#refine-note")).to_have_text("This picture is already refined.")

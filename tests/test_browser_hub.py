@@ -18,10 +18,8 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from app.pipeline.bundle import to_uint8
-from app.pipeline.refiner import SDXLRefiner
-from app.runtime.ort import OrtRuntime
 from app.store.png import read_parameters
-from checkpoints import REFINER_FILE, REFINER_REPO_FILES, as_diffusers_files, convert, converted_bytes
+from checkpoints import REFINER_FILE, REFINER_REPO_FILES, as_diffusers_files, convert, converted_bytes, cpython_refined
 from conftest import ROOT, RUN_TIMEOUT_MS, expect_ready, run, tiny_by_default
 from test_browser import PIXEL_TOLERANCE, PROMPT, fill, generate_and_download, press_and_wait
 from test_browser_real_interfaces import offering, opfs_json
@@ -177,6 +175,19 @@ class RefinerHub:
         return {p.split(f"/resolve/{COMMIT}/", 1)[1] for p in self.requests if "/resolve/" in p}
 
 
+# In the worker: reads of a downloaded file (stored under its sha256) never end, so a conversion at install stays
+# in progress for as long as the test needs; self.lanternUnstall() undoes it.
+STALL_CONVERSION = """() => {
+    const slice = File.prototype.slice;
+    self.lanternUnstall = () => { File.prototype.slice = slice; };
+    File.prototype.slice = function (start, end) {
+        const part = slice.call(this, start, end);
+        if (/^[0-9a-f]{64}$/.test(this.name) && end - start > 100000) part.arrayBuffer = () => new Promise(() => {});
+        return part;
+    };
+}"""
+
+
 def tiny_refiner_entry(files: dict) -> dict:
     """The site's SDXL refiner entry, with the tiny family's shapes and the tiny SDXL-Turbo as the model it
     refines and may reuse files of. Every size is listed 3 bytes off: the host's is taken (headers vary)."""
@@ -204,22 +215,6 @@ def refine_and_download(page) -> bytes:
     with page.expect_download() as info:
         page.get_by_role("button", name="Download").click()
     return open(info.value.path(), "rb").read()
-
-
-def cpython_refined(bundle, cpu_pipeline) -> np.ndarray:
-    """What the refiner in `bundle` makes of the tiny SDXL-Turbo's picture (seed 90, 2 steps) on CPython."""
-    last = {}
-
-    async def keep(i, x, denoised):
-        last["x"] = x
-
-    run(cpu_pipeline.generate(PROMPT, 90, 2, 64, 64, on_step=keep))
-    family = json.loads((ROOT / "models" / "templates" / "tiny-sdxl" / "family.json").read_text())["refiner"]
-    (bundle / "scheduler_config.json").write_text(json.dumps(family["scheduler"]))
-    entry = json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text())
-    refiner = run(SDXLRefiner.load(OrtRuntime(bundle), entry))
-    d = family["defaults"]
-    return to_uint8(run(refiner.refine(PROMPT, 90, last["x"], d["strength"], d["steps"]))).astype(int)
 
 
 def test_the_site_refiner_is_converted_at_install_from_the_hub_and_files_the_same_as_turbo_are_reused(
@@ -267,7 +262,7 @@ def test_the_site_refiner_is_converted_at_install_from_the_hub_and_files_the_sam
     assert read_parameters(png)["refiner"] == "hub-refiner"
     convert({"unet": paths[REFINER_REPO_FILES["refiner_unet"]], "text_encoder_2": paths[REFINER_REPO_FILES["text_encoder_2"]],
              "vae": paths[REFINER_REPO_FILES["vae_decoder"]]}, tmp_path / "all")
-    expected = cpython_refined(tmp_path / "all", cpu_pipeline)
+    expected = cpython_refined(tmp_path / "all", cpu_pipeline, PROMPT)
     got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     assert np.abs(got - expected).max() <= PIXEL_TOLERANCE
 
@@ -285,12 +280,31 @@ def test_the_site_refiner_is_converted_at_install_from_the_hub_and_files_the_sam
     assert opfs_json(page, "hub-refiner", "installed.json")["reused"] == {
         REFINER_REPO_FILES["text_encoder_2"]: "tiny-sdxl-turbo", REFINER_REPO_FILES["vae_decoder"]: "tiny-sdxl-turbo"}
     again = refine_and_download(page)
+
+    # Cancel during the conversion (its reads of the downloaded file held): the verified download stays, and
+    # Install converts it again without fetching a byte.
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Delete model").click()
+    expect(row).to_have_attribute("data-state", "not-installed", timeout=RUN_TIMEOUT_MS)
+    worker = [w for w in page.workers if w.url.endswith("/worker.mjs")][-1]
+    worker.evaluate(STALL_CONVERSION)
+    install(page, "hub-refiner")
+    expect(row).to_have_attribute("data-state", "converting", timeout=RUN_TIMEOUT_MS)  # held there
+    row.get_by_role("button", name="Cancel install").click()
+    expect(message).to_have_text("Conversion cancelled; the verified download is kept. Install converts it again; "
+                                 "Delete frees the space.", timeout=RUN_TIMEOUT_MS)
+    expect(row).to_have_attribute("data-state", "partial")
+    worker.evaluate("() => self.lanternUnstall()")
+    hub.requests = []
+    row.get_by_role("button", name="Resume", exact=True).click()
+    expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+    assert hub.downloaded() == set()
     context.close()
     convert({"unet": paths[REFINER_REPO_FILES["refiner_unet"]]}, tmp_path / "reused",
             borrowed={"text_encoder_2", "vae_decoder"})
     for part in ("text_encoder_2", "vae_decoder"):
         shutil.copytree(TINY / part, tmp_path / "reused" / part)
-    expected_again = cpython_refined(tmp_path / "reused", cpu_pipeline)
+    expected_again = cpython_refined(tmp_path / "reused", cpu_pipeline, PROMPT)
     got_again = np.asarray(Image.open(io.BytesIO(again)).convert("RGB")).astype(int)
     assert np.abs(got_again - expected_again).max() <= PIXEL_TOLERANCE
     # The tiny checkpoint's bigG and VAE are the tiny SDXL-Turbo's weights (there in fp16 and 4-bit, here in fp32):

@@ -337,11 +337,14 @@ class Installer:
             self.status[model_id]["message"] = f"{name} is installed and verified." + converted_text(
                 record, {m: e["name"] for m, e in self.models.items()})
         except asyncio.CancelledError:
+            converting = self.status[model_id]["state"] == "converting"
             folder = await model_folder(model_id, create=False)
             if folder:
                 await remove(folder, WANTED)
             await self.refresh(model_id)
-            self.status[model_id]["message"] = "Download cancelled. Install resumes it; Delete frees the space."
+            self.status[model_id]["message"] = (
+                "Conversion cancelled; the verified download is kept. Install converts it again; Delete frees the "
+                "space." if converting else "Download cancelled. Install resumes it; Delete frees the space.")
         except (InstallError, HashError) as e:
             if isinstance(e, Mismatch) and e.file.get("sha256_from") == "host":
                 await self._forget_host_hash(model_id, e.file["path"])  # the next Install asks again

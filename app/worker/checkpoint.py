@@ -26,7 +26,7 @@ from ..checkpoint.safetensors import CheckpointError, read_header
 from ..store.hasher import Hasher
 from ..store.layout import InstallError, gb, model_folder, storage_problem, storage_text
 from ..store.locks import held, model_lock
-from ..store.opfs import js_bytes, remove, room
+from ..store.opfs import js_bytes, room
 from ..store.own import Written, finish, forget, own_id, store_bytes
 from .messages import post
 
