@@ -2,7 +2,7 @@
 """Full-size checkpoint import in headless Chromium (issue #26): a random-weight SDXL checkpoint of the real
 size, in the single-file (A1111/ComfyUI) layout, picked in the Models panel, converted in the worker, then loaded.
 
-    python bench/load/checkpoint_bench.py [--work /tmp/ckbench] [--json out.json] [--keep]
+    python bench/load/checkpoint_bench.py [--work /tmp/ckbench] [--json out.json] [--keep] [--refiner]
 
 Writes --work/sd_xl_random.safetensors (6.94 GB: every tensor the full-size templates take, SGM names, F16
 normal values of std 0.02; tests/checkpoints.py single_file_shapes), unless it is there. Then, against this
@@ -12,6 +12,10 @@ follow the import to "is ready", then press Generate (512x512, 1 step) and stop 
 wall time), the converted size on disk, the peak resident memory of the renderer (page + worker) and GPU
 process during the import and per load stage (bench/load/load_bench.py's Procs: VmHWM per stage), and each
 part's session creation time.
+
+With --refiner the checkpoint is the SDXL refiner's shapes instead (sd_xl_refiner_random.safetensors, 6.08 GB:
+refiner UNet, bigG, VAE), imported as the refiner; only the import is measured (a refiner loads in Refine's second
+pass, after a full-size base run that SwiftShader cannot finish).
 
 Needs ~7 GB of disk for the checkpoint, ~4 GB for the profile's OPFS, and ~10 GB of free RAM.
 """
@@ -35,12 +39,15 @@ from load_bench import RECORD_WORKER, Procs, browser_pid, follow, stage_table  #
 NAME = "Random SDXL"
 
 
-def write_checkpoint(path: Path) -> int:
+REFINER_PARTS = ("refiner_unet", "text_encoder_2", "vae_decoder", "vae_encoder")
+
+
+def write_checkpoint(path: Path, refiner: bool = False) -> int:
     from checkpoints import single_file_shapes, write_single_file
 
     rng = np.random.Generator(np.random.PCG64(26))
-    return write_single_file(path, single_file_shapes("sdxl"),
-                             lambda name, shape: rng.standard_normal(shape, dtype=np.float32) * 0.02)
+    shapes = single_file_shapes("sdxl", REFINER_PARTS, {"text_encoder_2": 0}) if refiner else single_file_shapes("sdxl")
+    return write_single_file(path, shapes, lambda name, shape: rng.standard_normal(shape, dtype=np.float32) * 0.02)
 
 
 def run(args) -> dict:
@@ -51,10 +58,10 @@ def run(args) -> dict:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / "sd_xl_random.safetensors"
+    checkpoint = work / ("sd_xl_refiner_random.safetensors" if args.refiner else "sd_xl_random.safetensors")
     if not checkpoint.exists():
         t0 = time.time()
-        write_checkpoint(checkpoint)
+        write_checkpoint(checkpoint, args.refiner)
         print(f"wrote {checkpoint} in {time.time() - t0:.0f} s", flush=True)
     size = checkpoint.stat().st_size
     result = {"checkpoint_bytes": size}
@@ -85,7 +92,8 @@ def run(args) -> dict:
             result["found_seconds"] = round(time.time() - t0, 1)
             print(f"  {result['found_seconds']} s  {result['found']}", flush=True)
             page.locator("#checkpoint-name").fill(NAME)
-            page.get_by_label("Turbo or Lightning-like").check()
+            kind = "SDXL refiner (the second pass of Refine)" if args.refiner else "Turbo or Lightning-like"
+            page.get_by_label(kind).check()
             t0 = time.time()
             page.get_by_role("button", name="Convert and keep").click()
             message = page.locator("#checkpoint-message")
@@ -104,7 +112,7 @@ def run(args) -> dict:
             row = page.locator('#models-list li[id^="model-own-"] .model-details')
             result["import"]["details"] = row.text_content() if row.count() else None
             print(f"  import: {result['import']}", flush=True)
-            if "is ready" not in (result["import"]["message"] or ""):
+            if "is ready" not in (result["import"]["message"] or "") or args.refiner:
                 return result
             page.get_by_label("Prompt", exact=True).fill("a photo of a cat")
             page.get_by_label("Steps").fill("1")
@@ -132,12 +140,15 @@ def main() -> int:
     ap.add_argument("--json")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--keep", action="store_true", help="keep the browser profile (the converted model in OPFS)")
+    ap.add_argument("--refiner", action="store_true", help="an SDXL refiner checkpoint, imported as the refiner")
     args = ap.parse_args()
     result = run(args)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
         Path(args.json).write_text(text)
+    if args.refiner:
+        return 0 if "is ready" in (result.get("import", {}).get("message") or "") else 1
     return 0 if result.get("load", {}).get("ended", {}).get("type") == "load-only" else 1
 
 
