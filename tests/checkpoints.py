@@ -90,6 +90,11 @@ def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SH
     return run(go())
 
 
+def slot_shape(target) -> list:
+    """The shape of the tensor a template slot takes (a linear weight's K as its blocks' full width)."""
+    return list(target.dims) if target.kind == "float" else [target.dims[0], target.dims[1] * BLOCK_SIZE]
+
+
 def single_file_shapes(family: str, parts=("unet", "text_encoder", "text_encoder_2", "vae_decoder", "vae_encoder"),
                        text_layout=None) -> dict:
     """{SGM name: shape} of a single-file checkpoint that fits a family's templates exactly: app/checkpoint/keys.py's
@@ -102,8 +107,7 @@ def single_file_shapes(family: str, parts=("unet", "text_encoder", "text_encoder
         rules = layout(slots[part if part.endswith("unet") else "unet"], slots["vae_decoder"]) | text
         for key, source in keys.single_file_sources("unet" if part.endswith("unet") else part, slots[part],
                                                     rules).items():
-            t = slots[part][key]
-            shape = list(t.dims) if t.kind == "float" else [t.dims[0], t.dims[1] * BLOCK_SIZE]
+            shape = slot_shape(slots[part][key])
             if source.transpose:
                 shape = shape[::-1]
             if source.flatten:
@@ -115,16 +119,21 @@ def single_file_shapes(family: str, parts=("unet", "text_encoder", "text_encoder
     return shapes
 
 
-def write_single_file(path: Path, shapes: dict, values=None) -> int:
-    """An F16 safetensors file of these tensors: `values(name, shape)` gives each (streamed, one at a time), or
-    none for a sparse file of zeros (enough for anything that reads only the header). Returns its size."""
-    header, offset = {}, 0
+def f16_header(shapes: dict, metadata=None) -> tuple[bytes, int]:
+    """(the JSON header padded to 8, the data's size) of an F16 safetensors file of these tensors, in this order."""
+    header, offset = ({"__metadata__": metadata} if metadata else {}), 0
     for name, shape in shapes.items():
         size = 2 * math.prod(shape)
         header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    return raw + b" " * (-len(raw) % 8), offset
+
+
+def write_single_file(path: Path, shapes: dict, values=None) -> int:
+    """An F16 safetensors file of these tensors: `values(name, shape)` gives each (streamed, one at a time), or
+    none for a sparse file of zeros (enough for anything that reads only the header). Returns its size."""
+    raw, offset = f16_header(shapes)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         if values is None:
@@ -176,17 +185,9 @@ def diffusers_file_size(family: str, parts) -> int:
     """The size of a diffusers fp16 .safetensors file of these template parts, as the safetensors library writes
     one: 8 bytes, a JSON header (with {"format": "pt"}, tensors in name order) padded to 8, then the data."""
     graphs = templates()[family]
-    shapes = {}
-    for part in parts:
-        for key, t in targets(part, graphs[part]).items():
-            shapes[key] = list(t.dims) if t.kind == "float" else [t.dims[0], t.dims[1] * BLOCK_SIZE]
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name in sorted(shapes):
-        size = 2 * math.prod(shapes[name])
-        header[name] = {"dtype": "F16", "shape": shapes[name], "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    return 8 + len(raw) + (-len(raw) % 8) + offset
+    shapes = {key: slot_shape(t) for part in parts for key, t in targets(part, graphs[part]).items()}
+    raw, offset = f16_header(dict(sorted(shapes.items())), {"format": "pt"})
+    return 8 + len(raw) + offset
 
 
 def cpython_refined(bundle: Path, cpu_pipeline, prompt: str, seed: int = 90) -> np.ndarray:

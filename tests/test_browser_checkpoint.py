@@ -160,17 +160,22 @@ def test_a_refiner_checkpoint_becomes_the_second_pass_of_refine(panel, tmp_path,
     expect(app.locator("#refine-note")).to_have_text("This picture is already refined.")
 
 
-# In the worker: reads of a .safetensors file's data windows (over 1 MB; its header reads are smaller) never
-# end, so an import stays in progress for as long as the test needs; UNSTALL undoes it.
-STALL_IMPORT = """() => {
+def stall_reads(which: str) -> str:
+    """A script for the worker: reads of the File slices `which` (JS, with this, start, end) never end, so what
+    reads them stays in progress for as long as the test needs; UNSTALL undoes it."""
+    return """() => {
     const slice = File.prototype.slice;
     self.lanternUnstall = () => { File.prototype.slice = slice; };
     File.prototype.slice = function (start, end) {
         const part = slice.call(this, start, end);
-        if (this.name.endsWith('.safetensors') && end - start > 1000000) part.arrayBuffer = () => new Promise(() => {});
+        if (%s) part.arrayBuffer = () => new Promise(() => {});
         return part;
     };
-}"""
+}""" % which
+
+
+# An import: a .safetensors file's data windows (over 1 MB; its header reads are smaller).
+STALL_IMPORT = stall_reads("this.name.endsWith('.safetensors') && end - start > 1000000")
 UNSTALL = "() => self.lanternUnstall()"
 
 

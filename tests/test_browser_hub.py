@@ -22,6 +22,7 @@ from app.store.png import read_parameters
 from checkpoints import REFINER_FILE, REFINER_REPO_FILES, as_diffusers_files, convert, converted_bytes, cpython_refined
 from conftest import ROOT, RUN_TIMEOUT_MS, expect_ready, run, tiny_by_default
 from test_browser import PIXEL_TOLERANCE, PROMPT, fill, generate_and_download, press_and_wait
+from test_browser_checkpoint import UNSTALL, app_worker, stall_reads
 from test_browser_real_interfaces import offering, opfs_json
 
 pytestmark = pytest.mark.browser
@@ -175,17 +176,8 @@ class RefinerHub:
         return {p.split(f"/resolve/{COMMIT}/", 1)[1] for p in self.requests if "/resolve/" in p}
 
 
-# In the worker: reads of a downloaded file (stored under its sha256) never end, so a conversion at install stays
-# in progress for as long as the test needs; self.lanternUnstall() undoes it.
-STALL_CONVERSION = """() => {
-    const slice = File.prototype.slice;
-    self.lanternUnstall = () => { File.prototype.slice = slice; };
-    File.prototype.slice = function (start, end) {
-        const part = slice.call(this, start, end);
-        if (/^[0-9a-f]{64}$/.test(this.name) && end - start > 100000) part.arrayBuffer = () => new Promise(() => {});
-        return part;
-    };
-}"""
+# A conversion at install: its reads of a downloaded file (stored under its sha256).
+STALL_CONVERSION = stall_reads("/^[0-9a-f]{64}$/.test(this.name) && end - start > 100000")
 
 
 def tiny_refiner_entry(files: dict) -> dict:
@@ -286,7 +278,7 @@ def test_the_site_refiner_is_converted_at_install_from_the_hub_and_files_the_sam
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Delete model").click()
     expect(row).to_have_attribute("data-state", "not-installed", timeout=RUN_TIMEOUT_MS)
-    worker = [w for w in page.workers if w.url.endswith("/worker.mjs")][-1]
+    worker = app_worker(page)
     worker.evaluate(STALL_CONVERSION)
     install(page, "hub-refiner")
     expect(row).to_have_attribute("data-state", "converting", timeout=RUN_TIMEOUT_MS)  # held there
@@ -294,7 +286,7 @@ def test_the_site_refiner_is_converted_at_install_from_the_hub_and_files_the_sam
     expect(message).to_have_text("Conversion cancelled; the verified download is kept. Install converts it again; "
                                  "Delete frees the space.", timeout=RUN_TIMEOUT_MS)
     expect(row).to_have_attribute("data-state", "partial")
-    worker.evaluate("() => self.lanternUnstall()")
+    worker.evaluate(UNSTALL)
     hub.requests = []
     row.get_by_role("button", name="Resume", exact=True).click()
     expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
