@@ -48,36 +48,46 @@ async def remove(folder, name: str, recursive: bool = False):
             raise
 
 
-async def room(folder, needed: int, probe: str, steps: int = 5) -> int:
+PROBE_PIECES = 32  # a room probe sizes at most this many files (more only past 32 GiB)
+PROBE_PIECE_SIZES = (2**27, 2**30)  # each at least 128 MiB (few files) and at most 1 GiB (see room)
+
+
+async def room(folder, needed: int) -> int:
     """How many of `needed` bytes this storage can still hold (`needed` when it has room), found by sizing
-    an empty file: instant on disk (a sparse file), while Chrome's in-memory storage (private windows)
-    allocates the bytes or, over its limit, silently leaves the file empty. Below `needed`, the figure is
-    bisected to needed / 2**steps."""
-    handle = await folder.getFileHandle(probe, options(create=True))
-    access = await handle.createSyncAccessHandle()
-
-    def fits(n: int) -> bool:
-        try:
-            access.truncate(n)
-            return int(access.getSize()) == n
-        except Exception as e:
-            if storage_failure(e) == "full":
-                return False
-            raise
-        finally:
-            access.truncate(0)
-
+    new empty files one after another: instant on disk (sparse files), while Chrome's in-memory storage
+    (private windows) allocates the bytes or, over its limit, silently leaves the file empty. Each file is
+    sized once, from empty, to at most 1 GiB: sizing an in-memory file up again once it has held more than
+    1 GiB makes Chrome double its buffer past 2 GiB, which crashes the whole browser (Chrome 156). Below
+    `needed`, the figure is short by less than one file's size."""
+    low, high = PROBE_PIECE_SIZES
+    piece = min(max(-(-needed // PROBE_PIECES), low), high)
+    names, held = [], 0
     try:
-        if fits(needed):
-            return needed
-        low, high = 0, needed
-        for _ in range(steps):
-            middle = (low + high) // 2
-            low, high = (middle, high) if fits(middle) else (low, middle)
-        return low
+        while held < needed:
+            names.append(f"room-probe-{len(names)}.partial")
+            size = min(piece, needed - held)
+            if not await _sized(folder, names[-1], size):
+                break
+            held += size
+        return held
+    finally:
+        for name in names:
+            await remove(folder, name)
+
+
+async def _sized(folder, name: str, size: int) -> bool:
+    """Whether a new file `name` could be sized to `size` bytes."""
+    handle = await folder.getFileHandle(name, options(create=True))
+    access = await handle.createSyncAccessHandle()
+    try:
+        access.truncate(size)
+        return int(access.getSize()) == size
+    except Exception as e:
+        if storage_failure(e) == "full":
+            return False
+        raise
     finally:
         access.close()
-        await remove(folder, probe)
 
 
 async def pieces(file):

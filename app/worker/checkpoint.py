@@ -32,7 +32,6 @@ from .messages import post
 
 INDEX = "templates/index.json"
 REPORT_SECONDS = 0.25
-ROOM_PROBE = "room-probe.partial"
 REFINER = "refiner"  # the kind a refiner checkpoint is imported as
 SCHEDULER = "scheduler_config.json"
 
@@ -202,7 +201,7 @@ class Importer:
         problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
         if problem:
             raise InstallError(problem.replace("this model needs", "the converted model needs"))
-        fits = await room(folder, needed, ROOM_PROBE)
+        fits = await room(folder, needed)
         if fits < needed:
             raise InstallError(f"Not enough storage: the converted model needs {gb(needed)}, but this browser "
                                f"window can store only about {gb(fits)} more for this site.")
