@@ -9,7 +9,8 @@ Run from the repository root (torch, diffusers, transformers, onnx):
 The tiny family (models/templates/tiny-sdxl/) is written by make_tiny_checkpoint.py with the same
 `write_template`. In a template every weight is an initializer named after its diffusers key that points at
 its byte range of model.onnx_data; every MatMul over a linear weight is MatMulNBits (4-bit, block 32,
-symmetric, float32 scales: slots `<key>` and `<key>.scales`); everything else is float32.
+symmetric, float32 scales: slots `<key>` and `<key>.scales`); everything else is float32. These are the q4
+graphs; models/make_f16_templates.py derives the q4f16 ones (`<part>.f16.onnx`) from them: run it after.
 
 How: each part is exported with `export_params=False` and no constant folding, so every weight stays a graph
 input named after its parameter: nothing is folded, transposed or merged into an anonymous constant, and no

@@ -15,7 +15,8 @@ fp16 (what checkpoints hold), and writes:
         points at its byte range of model.onnx_data. Every MatMul over a linear weight is MatMulNBits (4-bit,
         block 32, symmetric, float32 scales: slots `<key>` and `<key>.scales`); everything else is float32.
         Parts: unet, refiner_unet, text_encoder (CLIP-L), text_encoder_2 (bigG with projection),
-        vae_decoder, vae_encoder (the latent distribution's mean, `latent_mean`).
+        vae_decoder, vae_encoder (the latent distribution's mean, `latent_mean`). Their q4f16 graphs
+        (`<part>.f16.onnx`) are derived from these by models/make_f16_templates.py: run it after.
     models/tiny-sdxl-checkpoint/
         diffusers/{unet,text_encoder,text_encoder_2,vae}/...safetensors   the diffusers-format layout
         tiny-sdxl.safetensors           the same weights in the single-file (A1111/ComfyUI, SGM) layout

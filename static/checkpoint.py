@@ -37,8 +37,9 @@ def on_checked(msg):
         say(msg.message, alert=True)
         return
     say("")
+    math = " (16-bit math on this GPU)" if msg.precision == "q4f16" else ""
     el("checkpoint-found").textContent = (f"Found: {msg.found}. Converted here to a 4-bit model of "
-                                          f"{size_text(msg.converted_mb)}; only that is kept.")
+                                          f"{size_text(msg.converted_mb)}{math}; only that is kept.")
     el("checkpoint-name").value = msg.name
     kinds = el("checkpoint-kinds")
     for node in list(kinds.querySelectorAll("label")):

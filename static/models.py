@@ -89,9 +89,10 @@ def add_row(m):
     variant = f"{m.variant} variant, {size_text(m.total_mb)} download" if m.variant else ""
     if m.own:  # converted here from the visitor's own checkpoint: nothing to download
         variant = f"your own model, {size_text(m.total_mb)} on disk"
-    if m.convert_mb and m.convert_to == "q4":  # a checkpoint, quantized here; the download is not kept
-        variant = (f"{m.variant} variant, up to {size_text(m.total_mb)} download, converted here to 4-bit weights "
-                   f"({size_text(m.convert_mb)} kept; the download is removed)")
+    if m.convert_mb and m.convert_to in ("q4f16", "q4"):  # a checkpoint, quantized here; the download is not kept
+        math = " with 16-bit math" if m.convert_to == "q4f16" else ""
+        variant = (f"{m.variant} variant, up to {size_text(m.total_mb)} download, converted here to 4-bit weights"
+                   f"{math} ({size_text(m.convert_mb)} kept; the download is removed)")
     elif m.convert_mb and m.convert_to == "fp32-activations":
         variant += f", converted here for 32-bit math (up to {size_text(m.convert_mb)} more on disk)"
     elif m.convert_mb:  # "external-data": each graph split from its weights, so that they can stream to the GPU

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from app.checkpoint import keys
-from app.checkpoint.detect import SINGLE, detect, layout
+from app.checkpoint.detect import SINGLE, detect, layout, with_graphs
 from app.checkpoint.fill import _value, data_size, fill, targets
 from app.checkpoint.safetensors import as_float32, read_header
-from app.checkpoint.templates import BLOCK_SIZE
+from app.checkpoint.templates import BLOCK_SIZE, graphs as of_precision
 from app.pipeline.bundle import to_uint8
 from app.pipeline.refiner import SDXLRefiner
 from app.runtime.ort import OrtRuntime
@@ -28,8 +28,9 @@ TEMPLATES = ROOT / "models" / "templates"
 SHARED = ROOT / "models" / "sdxl"
 
 
-def templates() -> dict:
-    return {family.name: {p.stem: p.read_bytes() for p in family.glob("*.onnx")}
+def templates(precision="q4") -> dict:
+    """{family: {part: graph}} of one precision, as the site lists them."""
+    return {family.name: of_precision({p.stem: p.read_bytes() for p in family.glob("*.onnx")}, precision)
             for family in TEMPLATES.iterdir() if family.is_dir()}
 
 
@@ -56,13 +57,14 @@ def diffusers_folder() -> dict:
 
 
 def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SHARED / "scheduler_config.json",
-            borrowed=frozenset()):
+            borrowed=frozenset(), precision="q4"):
     """Convert into a bundle folder the pipeline loads ({part}/model.onnx + model.onnx_data, and the
     tokenizers and scheduler SDXL bundles share); returns what detect() found. The `borrowed` parts are
     left for the caller to put in."""
     async def go():
         headers, readers = await open_files(files)
         found = detect(headers, templates(), borrowed)
+        found = with_graphs(found, templates(precision)[found.family], precision)
         if found_hook:
             found_hook(found)
         out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,7 @@ def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SH
         for part in found.parts:
             folder = out / ("unet" if part.endswith("unet") else part)
             folder.mkdir(exist_ok=True)
-            (folder / "model.onnx").write_bytes(templates()[found.family][part])
+            (folder / "model.onnx").write_bytes(templates(precision)[found.family][part])
             handles[part] = open(folder / "model.onnx_data", "wb")
             handles[part].truncate(sizes[part])
 
@@ -172,10 +174,10 @@ def as_diffusers_files(path: Path, out: Path, names=REFINER_REPO_FILES) -> dict:
     return files
 
 
-def converted_bytes(family: str, parts=("refiner_unet", "text_encoder_2", "vae_decoder")) -> int:
+def converted_bytes(family: str, parts=("refiner_unet", "text_encoder_2", "vae_decoder"), precision="q4") -> int:
     """What the worker keeps of a conversion of these parts (app/worker/checkpoint.py `_converted_bytes`): the
     weights, the graphs, and the tokenizers and scheduler config SDXL bundles share."""
-    graphs = templates()[family]
+    graphs = templates(precision)[family]
     weights = data_size({part: targets(part, graphs[part]) for part in parts})
     shared = sum(f.stat().st_size for f in SHARED.rglob("*") if f.is_file())
     return sum(weights.values()) + sum(len(graphs[part]) for part in parts) + shared

@@ -181,11 +181,12 @@ STALL_CONVERSION = stall_reads("/^[0-9a-f]{64}$/.test(this.name) && end - start 
 
 
 def tiny_refiner_entry(files: dict) -> dict:
-    """The site's SDXL refiner entry, with the tiny family's shapes and the tiny SDXL-Turbo as the model it
-    refines and may reuse files of. Every size is listed 3 bytes off: the host's is taken (headers vary)."""
+    """The site's SDXL refiner entry, with the tiny family's shapes and variants (q4f16 for shader-f16, which
+    SwiftShader lacks, then q4) and the tiny SDXL-Turbo as the model it refines and may reuse files of. Every
+    size is listed 3 bytes off: the host's is taken (headers vary)."""
     entry = json.loads((ROOT / "models_manifest" / "sdxl-refiner.json").read_text())
     family = json.loads((ROOT / "models" / "templates" / "tiny-sdxl" / "family.json").read_text())
-    (variant,) = entry["variants"]
+    variant = entry["variants"][-1]
     listed = []
     for f in variant["files"]:
         f = dict(f, url=f"https://huggingface.co/{REFINER_REPO}/resolve/main/{f['path']}", size=len(files[f["path"]]) + 3)
@@ -193,10 +194,12 @@ def tiny_refiner_entry(files: dict) -> dict:
             f["reuse"] = dict(f["reuse"], model="tiny-sdxl-turbo",
                               if_same_as=f"https://huggingface.co/{TURBO_REPO}/resolve/main/{f['path']}")
         listed.append(f)
-    variant = dict(family["variant"], disk_bytes=sum(f["size"] for f in listed), files=listed,
-                   convert=dict(variant["convert"], family="tiny-sdxl", bytes=converted_bytes("tiny-sdxl")))
+    variants = [dict(v, disk_bytes=sum(f["size"] for f in listed), files=listed,
+                     convert=dict(variant["convert"], to=v["precision"], family="tiny-sdxl",
+                                  bytes=converted_bytes("tiny-sdxl", precision=v["precision"])))
+                for v in family["variants"]]
     return dict(entry, id="hub-refiner", name="Hub refiner", refines=["tiny-sdxl-turbo"],
-                defaults=family["refiner"]["defaults"], resolutions=family["resolutions"], variants=[variant])
+                defaults=family["refiner"]["defaults"], resolutions=family["resolutions"], variants=variants)
 
 
 def refine_and_download(page) -> bytes:
@@ -230,8 +233,10 @@ def test_the_site_refiner_is_converted_at_install_from_the_hub_and_files_the_sam
     page.goto(server)
     expect_ready(page, "webgpu")
     row, message = page.locator("#model-hub-refiner"), page.locator("#model-hub-refiner-message")
-    expect(page.locator("#model-hub-refiner-details")).to_contain_text(
+    details = page.locator("#model-hub-refiner-details")
+    expect(details).to_contain_text(
         "q4 variant, up to 2.6 MB download, converted here to 4-bit weights (8.5 MB kept; the download is removed)")
+    expect(details).to_contain_text("q4f16 needs 16-bit GPU shaders (shader-f16), which this device lacks, so the q4")
     # (the page installs the model it starts on by itself)
     expect(page.locator("#model-tiny-sdxl-turbo")).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
 

@@ -1,9 +1,11 @@
 """fp16 tensors across the real web bridge: the tiny bundle in the webnn q4f16 layout (MatMulNBits int4
 weights, fp16 in and out, int32/int64 ids, files under onnx/) installs (each single-file graph split into a
-graph and its weights, verified and repaired like any converted file) and generates in headless Chromium.
-SwiftShader has no shader-f16, so it runs on onnxruntime-web's CPU (wasm) back end, which does run these
+graph and its weights, verified and repaired like any converted file) and generates in headless Chromium;
+so does a checkpoint converted at install into the q4f16 graph templates.
+SwiftShader has no shader-f16, so these run on onnxruntime-web's CPU (wasm) back end, which does run these
 graphs (MatMulNBits included); the image must match the CPython pipeline over the same files."""
 
+import hashlib
 import io
 import json
 import math
@@ -17,6 +19,7 @@ from app.pipeline.bundle import to_uint8
 from app.pipeline.turbo import SDXLTurbo
 from app.runtime.ort import OrtRuntime
 from app.worker.device import pick_variant
+from checkpoints import SINGLE_FILE, convert, converted_bytes, single_file
 from conftest import CHROMIUM_ARGS, ROOT, RUN_TIMEOUT_MS, expect_ready, run
 from test_browser import fill, generate_and_download
 from test_real_interfaces import CONDITIONING, FP16_FIDELITY, FREE_DIMENSIONS, PARTS, Q4F16, q4f16_files
@@ -66,9 +69,13 @@ def offering(context, *entries):
     return context
 
 
+def without_webgpu(browser_type):
+    return browser_type.launch(executable_path="/usr/bin/chromium",
+                               args=[a for a in CHROMIUM_ARGS if a != "--enable-unsafe-webgpu"])
+
+
 def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type, server):
-    browser = browser_type.launch(executable_path="/usr/bin/chromium",
-                                  args=[a for a in CHROMIUM_ARGS if a != "--enable-unsafe-webgpu"])
+    browser = without_webgpu(browser_type)
     try:
         extra = q4f16_entry()
         context = offering(browser.new_context(accept_downloads=True, service_workers="block"), extra)
@@ -104,6 +111,45 @@ def test_q4f16_layout_installs_and_generates_through_the_web_bridge(browser_type
     diff = np.abs(img - expected)
     print(f"q4f16 in the browser (wasm) vs CPython: max |diff| {diff.max()} levels, mean {diff.mean():.4f}")
     # within the fp16 fidelity on floats, which is at most this many levels once both sides are rounded
+    assert diff.max() <= math.ceil(FP16_FIDELITY * 255)
+
+
+def test_a_checkpoint_converted_at_install_to_q4f16_generates_through_the_web_bridge(browser_type, server, tmp_path):
+    """A site model made at install from a checkpoint, in its q4f16 variant (what a GPU with shader-f16 gets):
+    the worker fills the q4f16 graph templates (fp16 floats and scales), and the picture matches CPython's
+    q4f16 conversion of the same file."""
+    parts = ("unet", "text_encoder", "text_encoder_2", "vae_decoder")
+    path = f"/models/tiny-sdxl-checkpoint/{SINGLE_FILE.name}"
+    data = SINGLE_FILE.read_bytes()
+    variant = {"id": "q4f16", "precision": "q4f16", "requires": {"webgpu": False, "shader_f16": False},
+               "gpu_memory_bytes": 100_000_000, "disk_bytes": len(data),
+               "convert": {"from": "checkpoint", "to": "q4f16", "family": "tiny-sdxl",
+                           "bytes": converted_bytes("tiny-sdxl", parts, "q4f16")},
+               "files": [{"path": SINGLE_FILE.name, "url": path, "size": len(data),
+                          "sha256": hashlib.sha256(data).hexdigest()}]}
+    entry = dict(q4f16_entry(), id="ckpt-q4f16", name="Checkpoint q4f16 (test model)", variants=[variant])
+    browser = without_webgpu(browser_type)
+    try:
+        page = offering(browser.new_context(accept_downloads=True, service_workers="block"), entry).new_page()
+        page.goto(server)
+        expect_ready(page, "wasm")
+        row = page.locator("#model-ckpt-q4f16")
+        row.get_by_role("button", name="Install", exact=True).click()
+        expect(row).to_have_attribute("data-state", "installed", timeout=RUN_TIMEOUT_MS)
+        converted = opfs_json(page, "ckpt-q4f16", "installed.json")["converted"]
+        unet_f16 = (ROOT / "models" / "templates" / "tiny-sdxl" / "unet.f16.onnx").read_bytes()
+        assert converted["unet/model.onnx"][0] == hashlib.sha256(unet_f16).hexdigest()
+        page.get_by_label("Model", exact=True).select_option("ckpt-q4f16")
+        fill(page, prompt="a photo of a cat", seed="5", steps="2")
+        _, png = generate_and_download(page)
+    finally:
+        browser.close()
+    convert(single_file(), tmp_path, precision="q4f16")
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    cpu = run(SDXLTurbo.load(OrtRuntime(tmp_path), pick_variant(entry, {})))
+    expected = to_uint8(run(cpu.generate("a photo of a cat", 5, 2, 64, 64))).astype(int)
+    diff = np.abs(img - expected)
+    print(f"checkpoint q4f16 in the browser (wasm) vs CPython: max |diff| {diff.max()} levels, mean {diff.mean():.4f}")
     assert diff.max() <= math.ceil(FP16_FIDELITY * 255)
 
 

@@ -136,6 +136,73 @@ def test_converted_checkpoint_generates_as_diffusers_within_int4_tolerance(conve
         assert again.tobytes() == got.tobytes()
 
 
+# The same int4 weights with fp16 math (q4f16): fp16's rounding of activations on top (measured mean |diff|
+# 1e-4, max 1e-3 on the [0, 1] range; a wrong key mapping moves 0.02 to 0.05 mean).
+FP16_MEAN, FP16_MAX = 2e-3, 2e-2
+
+
+def session_types(path) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return {v.name: v.type for v in session.get_inputs() + session.get_outputs()}
+
+
+def test_the_q4f16_conversion_computes_in_fp16_and_generates_as_diffusers_within_fp16_rounding(
+        converted, tmp_path, manifest_entry):
+    """For GPUs with shader-f16: the same int4 weights, every other weight and activation fp16, except the VAE
+    (SDXL's overflows fp16) and the UNet's timestep and time-id embeddings (fp32 inputs)."""
+    found = convert(single_file(), tmp_path, precision="q4f16")
+    assert found.precision == "q4f16"
+    unet = session_types(tmp_path / "unet" / "model.onnx")
+    assert {unet[n] for n in ("sample", "encoder_hidden_states", "text_embeds", "out_sample")} == {"tensor(float16)"}
+    assert unet["timestep"] == unet["time_ids"] == "tensor(float)"
+    assert session_types(tmp_path / "text_encoder_2" / "model.onnx")["text_embeds"] == "tensor(float16)"
+    assert set(session_types(tmp_path / "vae_decoder" / "model.onnx").values()) == {"tensor(float)"}
+    for part in ("unet", "text_encoder", "text_encoder_2"):  # floats halved, int4 blocks the same
+        size = {p: (p / part / "model.onnx_data").stat().st_size for p in (tmp_path, converted["single"])}
+        assert size[tmp_path] < 0.6 * size[converted["single"]], part
+    for case, _, want_int4 in references():
+        got = generate(tmp_path, case, manifest_entry)
+        diff = np.abs(got - want_int4)
+        print(f"q4f16 {case['key']}: vs diffusers on the int4 values mean |diff| {diff.mean():.1e}, max {diff.max():.1e}")
+        assert diff.mean() < FP16_MEAN and diff.max() < FP16_MAX
+        assert generate(tmp_path, case, manifest_entry).tobytes() == got.tobytes()
+
+
+def test_an_import_is_converted_to_q4f16_where_the_gpu_has_shader_f16_and_to_q4_elsewhere():
+    from app.worker.device import variant_for
+    from conftest import ROOT
+
+    for family in ("sdxl", "tiny-sdxl"):
+        meta = json.loads((ROOT / "models" / "templates" / family / "family.json").read_text())
+        with_f16 = variant_for(meta, {"backend": "webgpu", "shader_f16": True})
+        assert (with_f16["id"], with_f16["precision"]) == ("q4f16", "q4f16")
+        assert variant_for(meta, {"backend": "webgpu", "shader_f16": False})["precision"] == "q4"
+    sdxl = json.loads((ROOT / "models" / "templates" / "sdxl" / "family.json").read_text())
+    assert variant_for(sdxl, {"backend": "wasm"})["precision"] == "q4"  # none fits: the last, the page says why
+
+
+def test_the_q4f16_templates_are_the_q4_ones_in_fp16_as_committed():
+    """models/make_f16_templates.py derives every q4f16 graph from its q4 graph: the same slots (names,
+    shapes, int4 blocks) with fp16 floats and scales; the VAE has none (it stays fp32)."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("make_f16_templates", ROOT / "models" / "make_f16_templates.py")
+    make_f16_templates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_f16_templates)
+    for path, data in make_f16_templates.derived().items():
+        assert open(path, "rb").read() == data, f"{path} is not what models/make_f16_templates.py derives"
+    for family in ("sdxl", "tiny-sdxl"):
+        q4, f16 = templates("q4")[family], templates("q4f16")[family]
+        for part in q4:
+            a, b = targets(part, q4[part]), targets(part, f16[part])
+            assert [(k, t.kind, t.dims) for k, t in a.items()] == [(k, t.kind, t.dims) for k, t in b.items()]
+            assert {t.dtype for t in b.values()} == ({"float32"} if part.startswith("vae") else {"float16"}), part
+
+
 def _swap(key, a, b):
     return key.replace(a, b) if a in key else key.replace(b, a)
 
@@ -299,17 +366,20 @@ def test_the_files_of_a_diffusers_folder_are_told_apart_by_their_tensors():
         by_part(run(headers(folder[:-1])))
 
 
-def test_the_refiner_converted_from_safetensors_refines_as_diffusers(tmp_path):
+@pytest.mark.parametrize("precision, tolerance", [("q4", SAME_WEIGHTS), ("q4f16", FP16_MAX)])
+def test_the_refiner_converted_from_safetensors_refines_as_diffusers(tmp_path, precision, tolerance):
     """tiny-sdxl-refiner.safetensors (UNet, bigG, VAE in the single-file layout) converted, then run through the
-    app's refine path: the pictures diffusers' img2img pipeline makes from the same (int4) weights and base latents."""
+    app's refine path: the pictures diffusers' img2img pipeline makes from the same (int4) weights and base latents
+    (q4f16: but for fp16 rounding)."""
     from app.pipeline.refiner import SDXLRefiner
     from app.runtime.ort import OrtRuntime
     from app.worker.device import pick_variant
     from conftest import ROOT
 
     refiner_bundle = ROOT / "models" / "tiny-sdxl-refiner"
-    found = convert(single_file(REFINER_FILE), tmp_path, scheduler=refiner_bundle / "scheduler_config.json")
-    assert found.kind == "sdxl-refiner"
+    found = convert(single_file(REFINER_FILE), tmp_path, scheduler=refiner_bundle / "scheduler_config.json",
+                    precision=precision)
+    assert (found.kind, found.precision) == ("sdxl-refiner", precision)
     entry = pick_variant(json.loads((ROOT / "models_manifest" / "tiny-sdxl-refiner.json").read_text()), {})
     refiner = run(SDXLRefiner.load(OrtRuntime(tmp_path), entry))
     cases = json.loads((CHECKPOINT / "reference.json").read_text())["refiner_cases"]
@@ -321,8 +391,8 @@ def test_the_refiner_converted_from_safetensors_refines_as_diffusers(tmp_path):
                                      negative_prompt=case["negative_prompt"], aesthetic_score=case["aesthetic_score"],
                                      negative_aesthetic_score=case["negative_aesthetic_score"]))
             diff = np.abs(got - data[f"refiner_{case['key']}"])
-            print(f"refiner {case['key']}: max |diff| {diff.max():.2e}")
-            assert diff.max() < SAME_WEIGHTS
+            print(f"refiner {precision} {case['key']}: max |diff| {diff.max():.2e}")
+            assert diff.max() < tolerance
     refiner.release()
 
 

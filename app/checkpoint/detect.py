@@ -7,7 +7,7 @@ refiner, whichever template its every tensor fits; other architectures are named
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import keys
 from .fill import Target, targets
@@ -34,12 +34,21 @@ class Found:
     size: int
     own_vae: bool
     targets: dict = field(default_factory=dict)  # part -> {key: Target}
+    precision: str = "q4"     # the graphs the plan fills (app/checkpoint/templates.py)
 
     def describe(self) -> str:
         names = [NAMES[p] for p in self.parts]
         vae = "" if self.own_vae else " (no VAE inside: SDXL's VAE will be used)"
         size = f"{self.size / 1e9:.2f} GB" if self.size >= 1e8 else f"{self.size / 1e6:.1f} MB"
         return f"{' + '.join(names)}, {self.dtypes.lower()}, {size}{vae}"
+
+
+def with_graphs(found: Found, graphs: dict, precision: str) -> Found:
+    """The same conversion into another precision's graphs of the same parts ({part: graph}): the same slots,
+    by key, at their offsets and element types there."""
+    now = {part: targets(part, graphs[part]) for part in found.parts}
+    plan = {where: [(now[t.part][t.key], source) for t, source in uses] for where, uses in found.plan.items()}
+    return replace(found, plan=plan, targets=now, precision=precision)
 
 
 def _unet_key(single: bool, key: str) -> str:

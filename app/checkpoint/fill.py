@@ -2,20 +2,22 @@
 
 One pass through each source file, in its own order (so the source is read once, and can be hashed in
 the same pass); every tensor read is turned into the slots it feeds and written at their offsets in
-the part's `model.onnx_data`: float32 as it is, a linear weight as MatMulNBits' int4 blocks and scales.
+the part's `model.onnx_data`: a float as its slot's float32 or float16 (q4f16 templates), a linear weight as
+MatMulNBits' int4 blocks and scales (float32 or float16 as well).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..onnx.slots import FLOAT, UINT8, slots as template_slots
+from ..onnx.slots import FLOAT, FLOAT16, UINT8, slots as template_slots
 from . import int4
 from .keys import Source
 from .safetensors import CheckpointError, stream
 from .templates import BLOCK_SIZE, SYMMETRIC
 
 SCALES = ".scales"
+FLOATS = {FLOAT: "float32", FLOAT16: "float16"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Target:
     length: int
     scales_offset: int = 0
     scales_length: int = 0
+    dtype: str = "float32"  # the float slot's, or the scales'
 
 
 def targets(part: str, template: bytes) -> dict:
@@ -39,11 +42,12 @@ def targets(part: str, template: bytes) -> dict:
             continue
         if s.data_type == UINT8:
             scales = found.get(name + SCALES)
-            if scales is None or len(s.dims) != 3:
+            if scales is None or len(s.dims) != 3 or scales.data_type not in FLOATS:
                 raise ValueError(f"template {part}: int4 slot {name} has no scales")
-            out[name] = Target(part, name, "int4", s.dims, s.offset, s.length, scales.offset, scales.length)
-        elif s.data_type == FLOAT:
-            out[name] = Target(part, name, "float", s.dims, s.offset, s.length)
+            out[name] = Target(part, name, "int4", s.dims, s.offset, s.length, scales.offset, scales.length,
+                               FLOATS[scales.data_type])
+        elif s.data_type in FLOATS:
+            out[name] = Target(part, name, "float", s.dims, s.offset, s.length, dtype=FLOATS[s.data_type])
         else:
             raise ValueError(f"template {part}: slot {name} has element type {s.data_type}")
     return out
@@ -63,14 +67,14 @@ def _slot_bytes(target: Target, value: np.ndarray) -> list[tuple[int, bytes]]:
     if target.kind == "float":
         if value.size != int(np.prod(target.dims)):
             raise CheckpointError(f"{target.key} has shape {list(value.shape)}; this model needs {list(target.dims)}.")
-        out = np.ascontiguousarray(value.reshape(target.dims), np.float32).tobytes()
+        out = np.ascontiguousarray(value.reshape(target.dims), target.dtype).tobytes()
         return [(target.offset, out)]
     n, blocks, _ = target.dims
     if value.ndim != 2 or value.shape[0] != n or not (blocks - 1) * BLOCK_SIZE < value.shape[1] <= blocks * BLOCK_SIZE:
         raise CheckpointError(f"{target.key} has shape {list(value.shape)}; this model needs [{n}, K] "
                               f"with K up to {blocks * BLOCK_SIZE}.")
     packed, scales, _ = int4.quantize(value, BLOCK_SIZE, SYMMETRIC)
-    return [(target.offset, packed.tobytes()), (target.scales_offset, scales.tobytes())]
+    return [(target.offset, packed.tobytes()), (target.scales_offset, scales.astype(target.dtype).tobytes())]
 
 
 def check_sources(plan: dict, headers: dict) -> None:

@@ -38,6 +38,7 @@ PIPELINES = ("sdxl-turbo", "sdxl-refiner", "vae-encoder")
 # defaults, resolutions or style of its own, never offered for generating.
 ADDONS = ("vae-encoder",)
 PRECISIONS = ("fp32", "fp16", "q4f16", "q4")
+CHECKPOINT_PRECISIONS = ("q4f16", "q4")  # what a checkpoint converts to (app/checkpoint/templates.py)
 # Every entry has REQUIRED_FIELDS; a model also MODEL_FIELDS, an add-on ADDON_FIELDS instead.
 REQUIRED_FIELDS = ("id", "name", "description", "license", "pipeline", "vae_scaling_factor", "vae_scale_factor",
                    "variants")
@@ -164,10 +165,11 @@ def _layout_problems(v) -> list[str]:
 
 def _checkpoint_problems(v, convert) -> list[str]:
     out = []
-    if not (convert.get("to") == "q4" and isinstance(convert.get("family"), str) and _ID.fullmatch(convert["family"])
+    family = convert.get("family")
+    if not (convert.get("to") in CHECKPOINT_PRECISIONS and isinstance(family, str) and _ID.fullmatch(family)
             and _is_int(convert.get("bytes")) and convert["bytes"] > 0 and set(convert) == {"from", "to", "family", "bytes"}):
-        out.append('"convert" from a checkpoint must be {"from": "checkpoint", "to": "q4", "family": <graph templates>, '
-                   '"bytes": <the converted model\'s size>}.')
+        out.append('"convert" from a checkpoint must be {"from": "checkpoint", "to": "q4f16" or "q4", '
+                   '"family": <graph templates>, "bytes": <the converted model\'s size>}.')
     if "parts" in v:
         out.append('a variant converted from a checkpoint loads its parts from where the conversion puts them: no "parts".')
     for f in v.get("files") or []:

@@ -4,12 +4,13 @@ model of their own. The bytes never leave the device; only the converted model i
 Page -> worker:  {type: "checkpoint-check", id, files: [File]}
                  {type: "checkpoint-import", id, files: [File], name, kind}     {type: "checkpoint-cancel", id}
 Worker -> page:  {type: "checkpoint-checked", id, message ("" when it can be imported), found, name,
-                  kinds: [{id, label}], converted_mb}
+                  kinds: [{id, label}], converted_mb, precision ("q4f16" or "q4": what it converts to here)}
                  {type: "checkpoint-progress", id, message, fraction, mb_s}
                  {type: "checkpoint-done", id, model (as the ready message lists models), message}
                  {type: "checkpoint-error", id, message}        {type: "checkpoint-cancelled", id}
 A single .safetensors file (A1111/ComfyUI) or the .safetensors files of a diffusers folder, in any order. An SDXL
-model is imported as one of its family's kinds; an SDXL refiner as the second pass of Refine.
+model is imported as one of its family's kinds; an SDXL refiner as the second pass of Refine. It is converted
+to the first of its family's variants this device runs: q4f16 (fp16 math) where the GPU has shader-f16, else q4.
 The same conversion makes a site model whose variant is converted from a checkpoint at install
 (`convert_download`, which the installer calls once the files are downloaded and verified).
 """
@@ -20,14 +21,16 @@ import json
 import time
 import traceback
 
-from ..checkpoint.detect import NAMES, by_part, detect
+from ..checkpoint.detect import NAMES, by_part, detect, with_graphs
 from ..checkpoint.fill import data_size, fill
 from ..checkpoint.safetensors import CheckpointError, read_header
+from ..checkpoint.templates import graphs
 from ..store.hasher import Hasher
 from ..store.layout import InstallError, gb, model_folder, storage_problem, storage_text
 from ..store.locks import held, model_lock
 from ..store.opfs import js_bytes, room
 from ..store.own import Written, finish, forget, own_id, store_bytes
+from .device import variant_for
 from .messages import post
 
 INDEX = "templates/index.json"
@@ -56,8 +59,9 @@ def _folder_of(part: str) -> str:
 
 
 class Importer:
-    def __init__(self, installer, add_model):
+    def __init__(self, installer, add_model, caps):
         self.installer = installer
+        self.caps = caps
         self.add_model = add_model  # (entry) -> the ready message's row for it, once it is installed
         self.index = None
         self.graphs = {}  # url -> verified template bytes
@@ -107,7 +111,7 @@ class Importer:
             h = parts[part]
             digest.update(f"{part}:{h.size}:".encode())
             digest.update(await readers[file_of[part]](0, h.data_start))
-        found = detect(parts, await self._templates(), borrowed)
+        found = detect(parts, {f: graphs(g, "q4") for f, g in (await self._templates()).items()}, borrowed)
         names = {part: k.partition(":")[2] for part, k in file_of.items()}
         return found, parts, {part: readers[k] for part, k in file_of.items()}, names, digest.hexdigest()
 
@@ -115,12 +119,14 @@ class Importer:
 
     async def check(self, msg, files):
         answer = {"type": "checkpoint-checked", "id": msg.get("id"), "message": "", "found": "", "name": "",
-                  "kinds": [], "converted_mb": 0}
+                  "kinds": [], "converted_mb": 0, "precision": ""}
         try:
             found, parts, _, file_of, _ = await self._open(files)
             family = (await self._index())["families"][found.family]
             stem = sorted(file_of.values())[0].rsplit(".", 1)[0] if len(file_of) == 1 else "diffusers model"
+            found = await self._as(found, variant_for(family, self.caps)["precision"])
             answer.update(found=found.describe(), name=stem, converted_mb=self._converted_bytes(found, family) / 1e6,
+                          precision=found.precision,
                           kinds=[{"id": k, "label": v["label"]} for k, v in kinds_of(found, family).items()])
         except (CheckpointError, InstallError) as e:
             answer["message"] = _sentence(e)
@@ -129,11 +135,15 @@ class Importer:
             answer["message"] = f"This file cannot be read: {e}"
         post(answer)
 
+    async def _as(self, found, precision):
+        """`found` converted into the family's graphs of `precision` (detect() plans for q4's)."""
+        return with_graphs(found, graphs((await self._templates(found.family))[found.family], precision), precision)
+
     def _converted_bytes(self, found, family) -> int:
         """What the converted model keeps: its weights, its graphs, and the tokenizers and scheduler config."""
-        graphs = sum(family["parts"][p]["size"] for p in found.parts)
+        metas = graphs(family["parts"], found.precision)
         shared = sum(f["size"] for f in self.index["shared"].values())
-        return sum(data_size(found.targets).values()) + graphs + shared
+        return sum(data_size(found.targets).values()) + sum(metas[p]["size"] for p in found.parts) + shared
 
     # -- import ------------------------------------------------------------------------------------
 
@@ -195,6 +205,8 @@ class Importer:
 
         started = time.monotonic()
         folder = await model_folder(model_id)
+        variant = variant_for(family, self.caps)
+        found = await self._as(found, variant["precision"])
         copied = await self._parts_of(_fallback(found, family))
         needed = self._converted_bytes(found, family) + sum(int(f.size) for f in copied.values())
         estimate = await js.navigator.storage.estimate()
@@ -212,7 +224,7 @@ class Importer:
         converted, sources = await self._fill_folder(folder, found, parts, readers, file_of, family, index, copied, tell)
         seconds = time.monotonic() - started
         total = sum(size for _, size in converted.values())
-        entry = own_entry(model_id, name, kind, found, family, sources, total, seconds)
+        entry = own_entry(model_id, name, kind, found, family, variant, sources, total, seconds)
         await finish(model_id, entry, converted)
         return entry
 
@@ -227,6 +239,7 @@ class Importer:
                                f"{'SDXL refiner' if refiner else 'SDXL model'} this site lists.")
         index = await self._index()
         family = index["families"][found.family]
+        found = await self._as(found, entry["convert"]["to"])
         copied = await self._parts_of({**_fallback(found, family), **borrowed})
 
         async def tell(fraction, message, mb_s):
@@ -239,7 +252,8 @@ class Importer:
         on the way), the graphs, tokenizers and scheduler config, and the `copied` files ({path: File}).
         Returns ({path: [sha256, size]}, {part: the source's name, size and sha256})."""
         sizes = data_size(found.targets)
-        templates = (await self._templates(found.family))[found.family]
+        templates = graphs((await self._templates(found.family))[found.family], found.precision)
+        metas = graphs(family["parts"], found.precision)
         progress = Progress(sum(h.size for h in parts.values()) + sum(sizes.values()), tell)
         written, converted = {}, {}
         hashers = {part: Hasher() for part in parts}
@@ -265,7 +279,7 @@ class Importer:
                 converted[f"{_folder_of(part)}/model.onnx_data"] = list(await written[part].commit(checked))
                 graph = templates[part]
                 converted[f"{_folder_of(part)}/model.onnx"] = list(await store_bytes(
-                    folder, graph, family["parts"][part]["sha256"]))
+                    folder, graph, metas[part]["sha256"]))
         finally:
             for w in written.values():
                 w.close()
@@ -318,9 +332,9 @@ def kinds_of(found, family) -> dict:
     return {REFINER: family["refiner"]} if "refiner" in family else {}
 
 
-def own_entry(model_id, name, kind, found, family, sources, total, seconds) -> dict:
+def own_entry(model_id, name, kind, found, family, variant, sources, total, seconds) -> dict:
     chosen = kinds_of(found, family)[kind]
-    variant = dict(family["variant"], disk_bytes=total, files=[])
+    variant = dict(variant, disk_bytes=total, files=[])
     if kind == REFINER:  # Refine's second pass: for the family's base models and the visitor's own
         role = {"pipeline": "sdxl-refiner", "refines": family["refiner"]["refines"], "refines_family": found.family}
     else:

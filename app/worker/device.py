@@ -94,6 +94,12 @@ def lacking(entry: dict, caps: dict) -> str | None:
     return None
 
 
+def variant_for(family: dict, caps: dict) -> dict:
+    """The variant a checkpoint of this template family is converted to here: the first this device runs
+    (q4f16 needs shader-f16), or the last when none does (the page then says why it cannot run)."""
+    return next((v for v in family["variants"] if lacking(v, caps) is None), family["variants"][-1])
+
+
 def unsuitable(entry: dict, caps: dict) -> str | None:
     """Why this model cannot run here (in plain words), or None if it can."""
     lack = lacking(entry, caps)

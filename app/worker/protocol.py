@@ -62,7 +62,7 @@ class Worker:
         self.installer = Installer(self.models, post, rejected)
         self.generator = Generator(self.models, caps, self.installer)
         self.tokens = TokenCounter(self.models, self.installer)
-        self.importer = Importer(self.installer, self.add_model)
+        self.importer = Importer(self.installer, self.add_model, caps)
         self.installer.convert_checkpoint = self.importer.convert_download
 
     def row(self, m: dict) -> dict:
