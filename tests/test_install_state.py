@@ -64,6 +64,18 @@ FROM_CHECKPOINT = {"variant": "q4", "files": [CHECKPOINT],
                    "convert": {"from": "checkpoint", "to": "q4", "family": "sdxl", "bytes": 500}}
 
 
+def test_files_reused_from_an_installed_model_count_as_present_before_the_conversion():
+    """A paused refiner install whose bigG is copied from SDXL-Turbo: the percentage counts it as the download
+    does, and once the UNet is down the row says what Install does next (convert), not "Paused at 50%"."""
+    reused = {"path": "text_encoder_2/model.fp16.safetensors", "url": "/t", "size": 900, "sha256": "f" * 64}
+    entry = dict(FROM_CHECKPOINT, files=[CHECKPOINT, reused])
+    half = {CHECKPOINT["sha256"] + PARTIAL: 450}
+    assert bundle_state(entry, half, None)[1:] == (450, "Paused at 25%. Install resumes it.")
+    assert bundle_state(entry, half, None, [reused])[1:] == (1350, "Paused at 75%. Install resumes it.")
+    state, done, detail = bundle_state(entry, {CHECKPOINT["sha256"]: 900}, None, [reused])
+    assert (state, done) == ("partial", 1800) and detail.startswith("Downloaded, not yet converted")
+
+
 def test_a_model_made_from_a_checkpoint_keeps_only_the_converted_files():
     record = dict(record_for(FROM_CHECKPOINT), converted=CONVERTED)
     converted = {"c" * 64: 7, "d" * 64: 150}

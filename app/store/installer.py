@@ -81,7 +81,7 @@ class Installer:
         record = await read_json(folder, RECORD) if folder else None
         hashes = await read_json(folder, HOST_HASHES) if folder else None
         self.models[model_id] = entry = with_host_hashes(self.entries[model_id], hashes)
-        state, done, detail = bundle_state(entry, sizes, record)
+        state, done, detail = bundle_state(entry, sizes, record, self._reusable(model_id))
         kept = kept_bytes(sizes)
         if state == "not-installed" and kept:
             detail = (f"Holds {gb(kept)} from an earlier version of this model that the current one does not use. "

@@ -67,11 +67,12 @@ def partial_bytes(f: dict, sizes: dict) -> int:
     return min(sizes.get(f["sha256"] + PARTIAL, 0), f["size"]) if f["sha256"] else 0
 
 
-def bundle_state(entry: dict, sizes: dict, record) -> tuple[str, int, str]:
-    """(state, bytes present, detail) from the folder's file sizes (name -> size) and installed.json."""
+def bundle_state(entry: dict, sizes: dict, record, skip=()) -> tuple[str, int, str]:
+    """(state, bytes present, detail) from the folder's file sizes (name -> size) and installed.json; the files
+    in `skip` are not downloaded (reused from an installed model) and count as present, as a download counts them."""
     files = entry["files"]
     total = sum(f["size"] for f in files)
-    missing = [f for f in files if not stored(f, sizes)]
+    missing = [f for f in files if not stored(f, sizes) and f not in skip]
     done = total - sum(f["size"] for f in missing)
     done += sum(partial_bytes(f, sizes) for f in missing)
     if record is not None and record.get("files") == record_for(entry)["files"]:
