@@ -434,8 +434,8 @@ class Installer:
         problem = storage_problem(needed, int(estimate.usage), int(estimate.quota))
         if problem:
             raise InstallError(problem)
-        # The quota does not tell a private window's in-memory storage (about 1.4 GB on a 24 GiB machine, Chrome 156) from
-        # disk; sizing a file to what the install needs does.
+        # The quota does not tell a private window's in-memory storage (about 1.4 GB on a 24 GiB machine,
+        # Chrome 156) from disk; sizing files to what the install needs does.
         fits = await room(folder, needed)
         if fits < needed:
             raise InstallError(no_room_text(needed, fits))
