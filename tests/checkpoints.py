@@ -64,7 +64,8 @@ def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SH
     async def go():
         headers, readers = await open_files(files)
         found = detect(headers, templates(), borrowed)
-        found = with_graphs(found, templates(precision)[found.family], precision)
+        graphs = templates(precision)[found.family]
+        found = with_graphs(found, graphs, precision)
         if found_hook:
             found_hook(found)
         out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,7 @@ def convert(files: dict, out: Path, found_hook=None, on_bytes=None, scheduler=SH
         for part in found.parts:
             folder = out / ("unet" if part.endswith("unet") else part)
             folder.mkdir(exist_ok=True)
-            (folder / "model.onnx").write_bytes(templates(precision)[found.family][part])
+            (folder / "model.onnx").write_bytes(graphs[part])
             handles[part] = open(folder / "model.onnx_data", "wb")
             handles[part].truncate(sizes[part])
 

@@ -137,6 +137,8 @@ class Importer:
 
     async def _as(self, found, precision):
         """`found` converted into the family's graphs of `precision` (detect() plans for q4's)."""
+        if precision == found.precision:
+            return found
         return with_graphs(found, graphs((await self._templates(found.family))[found.family], precision), precision)
 
     def _converted_bytes(self, found, family) -> int:
